@@ -1,0 +1,263 @@
+"""The `tuner` command. Thin: it parses, calls one function, prints what it returns."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tuner import paths
+from tuner.config import TrainConfig
+from tuner.errors import UserError
+
+
+class TunerGroup(click.Group):
+    """Turns the errors a user can fix into one red line and exit code 2, not a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=TunerGroup)
+@click.version_option(package_name="sam-tuner")
+def main() -> None:
+    """Fine-tune SAM into a Cityscapes segmenter, search its hyper-parameters with Optuna, and
+    quantize the winner with Intel Neural Compressor."""
+
+
+# Data ----------------------------------------------------------------------------------------
+@main.group()
+def data() -> None:
+    """Datasets."""
+
+
+@data.command("synth")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--train", default=64, show_default=True, help="training images")
+@click.option("--val", default=16, show_default=True, help="validation images")
+@click.option("--test", default=0, show_default=True, help="test images")
+@click.option("--height", default=256, show_default=True)
+@click.option("--width", default=512, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def data_synth(out_dir: Path, train, val, test, height, width, seed) -> None:
+    """Write a synthetic Cityscapes-format dataset (images, labelIds, color, instanceIds,
+    polygons.json, disparity)."""
+    from tuner.data import synth
+
+    spec = synth.SynthSpec(train=train, val=val, test=test, height=height, width=width, seed=seed)
+    synth.generate(out_dir, spec, progress=True)
+    click.echo(f"wrote {train} train / {val} val / {test} test images to {out_dir}")
+
+
+# Training ------------------------------------------------------------------------------------
+def config_options(fn):
+    """Flags for the TrainConfig fields people change most; the rest go in --config."""
+    options = [
+        click.option(
+            "--config",
+            "config_file",
+            type=click.Path(path_type=Path),
+            help="YAML/JSON file of TrainConfig fields",
+        ),
+        click.option("--model", help="sam_tiny | vit_b | vit_l | vit_h"),
+        click.option("--head", help="linear | conv | mask_decoder"),
+        click.option("--loss", help="ce | ohem_ce | focal | dice | ce_dice | lovasz | boundary_ce"),
+        click.option("--freeze-depth", type=int),
+        click.option("--lr", type=float),
+        click.option("--batch-size", type=int),
+        click.option("--epochs", type=int),
+        click.option("--image-size", type=int, nargs=2, help="training crop H W"),
+        click.option("--seed", type=int),
+        click.option("--device", help="auto | cpu | cuda | cuda:N"),
+        click.option("--threads", type=int, help="CPU threads"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def build_config(config_file: Path | None, **flags) -> TrainConfig:
+    values = {}
+    if config_file is not None:
+        values = TrainConfig.from_file(config_file).to_dict()
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return TrainConfig.from_dict(values, source=str(config_file or "command line"))
+
+
+@main.command()
+@config_options
+@click.option(
+    "--data",
+    "data_root",
+    type=click.Path(path_type=Path),
+    help="Cityscapes root; default: the synthetic set under studies/data",
+)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    help="official SAM checkpoint (sam_vit_b/l/h .pth) to start from",
+)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="run folder")
+def train(config_file, data_root, checkpoint, out_dir, **flags) -> None:
+    """Fine-tune one configuration and print its metrics."""
+    from tuner.data.cityscapes import CityscapesDataset
+    from tuner.model import resolve_model
+    from tuner.tables import metrics_table
+    from tuner.train import fit
+
+    config = build_config(config_file, **flags)
+    if checkpoint is not None:
+        config = resolve_model(config.replace(sam_checkpoint=str(checkpoint)))
+    root = data_root or paths.synthetic_data()
+    train_set = CityscapesDataset(root, "train", limit=config.train_limit)
+    val_set = CityscapesDataset(root, "val", limit=config.val_limit)
+    out_dir = out_dir or paths.runs_dir() / f"{config.model}-{config.head}-{config.loss}"
+    summary = fit(config, train_set, val_set, out_dir=out_dir)
+    click.echo(
+        f"\nbest epoch {summary.best_epoch + 1} of {summary.epochs_run}; "
+        f"{summary.fit_seconds:.0f}s in all "
+        f"({sum(summary.epoch_seconds) / summary.epochs_run:.1f}s per epoch)"
+    )
+    click.echo(metrics_table(summary.best_metrics))
+    click.echo(f"checkpoint: {summary.checkpoint}")
+
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="sam-tuner checkpoint")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    help="quantized model folder written by `tuner quantize`",
+)
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+def predict(checkpoint, model_dir, images, out_dir) -> None:
+    """Segment IMAGES; write colour label PNGs and overlays."""
+    from tuner.predict import load_predictor, predict_files
+
+    predictor = load_predictor(checkpoint, model_dir)
+    for written in predict_files(predictor, images, out_dir):
+        click.echo(written)
+
+
+@main.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
+@click.option("--data", "data_root", type=click.Path(path_type=Path), required=True)
+@click.option("--split", default="val", show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="also write label-id PNGs for the official evaluation",
+)
+@click.option("--device", default="auto", show_default=True)
+def evaluate(checkpoint, data_root, split, out_dir, device) -> None:
+    """Metrics of a checkpoint on a Cityscapes split."""
+    from tuner.predict import evaluate_checkpoint
+    from tuner.tables import metrics_table
+
+    metrics = evaluate_checkpoint(checkpoint, data_root, split, out_dir, device)
+    click.echo(metrics_table(metrics, prefix=""))
+    if out_dir:
+        click.echo(
+            f"label-id predictions in {out_dir} (csEvalPixelLevelSemanticLabeling reads them)"
+        )
+
+
+# Search --------------------------------------------------------------------------------------
+@main.command()
+@click.option("--study", required=True, help="study name; its space is search_spaces/NAME.yaml")
+@click.option("--space", "space_file", type=click.Path(path_type=Path), help="search space YAML")
+@click.option("--trials", type=int, help="run N more trials (default: the space's total budget)")
+@click.option("--timeout", type=float, help="stop starting trials after S seconds")
+@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+@click.option("--artifacts", help="artifact folder or s3://bucket (default: studies/artifacts)")
+@click.option("--data", "data_root", type=click.Path(path_type=Path), help="Cityscapes root")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="official SAM .pth")
+@click.option("--jobs", default=1, show_default=True, help="worker processes on this machine")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="default: auto")
+@click.option("--threads", type=int, help="CPU threads per worker")
+@click.option("--no-report", is_flag=True, help="do not refresh the dashboard figures at the end")
+def run(study, space_file, trials, timeout, storage, artifacts, data_root, checkpoint, jobs,
+        device, threads, no_report) -> None:  # fmt: skip
+    """Create or resume a study and run trials until its budget is spent."""
+    from tuner.search import RunOptions
+    from tuner.search import run as run_study
+
+    options = RunOptions(
+        study=study,
+        space_file=str(space_file) if space_file else None,
+        trials=trials,
+        timeout=timeout,
+        storage=storage,
+        artifacts=artifacts,
+        data_root=str(data_root) if data_root else None,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        device=device,
+        threads=threads,
+        jobs=jobs,
+    )
+    try:
+        result = run_study(options)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: the running trial is marked FAIL and queued again; "
+                   "run the same command to continue.", err=True)  # fmt: skip
+        _print_leaderboard(study, storage)
+        sys.exit(130)
+    _print_leaderboard(study, storage, result)
+    if not no_report:
+        from tuner.report import attach_to_dashboard
+
+        attach_to_dashboard(result)
+
+
+def _print_leaderboard(study_name, storage_url, study=None) -> None:
+    from tuner.study import leaderboard_rows, load_existing_study, open_storage
+    from tuner.tables import table
+
+    study = study or load_existing_study(study_name, open_storage(storage_url))
+    rows, headers = leaderboard_rows(study)
+    click.echo(f"\nleaderboard of study {study.study_name!r} ({len(study.trials)} trials)")
+    click.echo(table(rows, headers))
+
+
+@main.command()
+@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+@click.option("--artifacts", help="artifact folder (default: the one the study recorded)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+def dashboard(storage, artifacts, host, port) -> None:
+    """Serve optuna-dashboard on the study storage, with checkpoints as artifacts."""
+    from tuner.dashboard import serve
+
+    serve(storage, artifacts, host, port)
+
+
+@main.command()
+@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+def studies(storage) -> None:
+    """List studies: trials by state and best values."""
+    from tuner.study import list_studies
+    from tuner.tables import table
+
+    rows = list_studies(storage)
+    if not rows:
+        click.echo("no studies yet: try `tuner run --study smoke`")
+        return
+    click.echo(table(rows, ["study", "trials", "complete", "pruned", "fail", "running", "best"]))
+
+
+@main.command()
+@click.option("--study", required=True)
+@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+def best(study, storage) -> None:
+    """The best trial (or Pareto front): params, metrics and checkpoint."""
+    from tuner.study import describe_best
+
+    click.echo(describe_best(study, storage))

@@ -1,0 +1,82 @@
+"""Whole-image and sliding-window inference, and evaluation over a dataset.
+
+The encoder is built for one token grid (the training crop), so every forward sees exactly a
+crop-sized input: smaller images are padded, larger ones are covered by overlapping windows
+whose logits are averaged (mmsegmentation's `slide` mode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tuner.data.transforms import EvalSet
+from tuner.hardware import autocast
+from tuner.metrics import SegmentationMetrics
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return [*starts, length - window]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, crop: tuple[int, int], overlap: float = 1 / 3
+) -> torch.Tensor:
+    """(B, 3, H, W) normalised images -> (B, K, H, W) float logits."""
+    _, _, height, width = images.shape
+    ch, cw = crop
+    pad_h, pad_w = max(ch - height, 0), max(cw - width, 0)
+    if pad_h or pad_w:
+        images = F.pad(images, (0, pad_w, 0, pad_h), value=0.0)
+    full_h, full_w = images.shape[-2:]
+    stride_h, stride_w = max(1, int(ch * (1 - overlap))), max(1, int(cw * (1 - overlap)))
+    logits = counts = None
+    for top in window_starts(full_h, ch, stride_h):
+        for left in window_starts(full_w, cw, stride_w):
+            window = images[:, :, top : top + ch, left : left + cw]
+            with autocast(images.device):
+                out = model(window).float()
+            if logits is None:
+                logits = out.new_zeros((out.shape[0], out.shape[1], full_h, full_w))
+                counts = out.new_zeros((1, 1, full_h, full_w))
+            logits[:, :, top : top + ch, left : left + cw] += out
+            counts[:, :, top : top + ch, left : left + cw] += 1
+    return (logits / counts)[:, :, :height, :width]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset,
+    crop: tuple[int, int],
+    device: torch.device,
+    boundary_tolerance: int = 2,
+    on_prediction: Callable[[int, torch.Tensor], None] | None = None,
+    num_workers: int = 0,
+) -> dict:
+    """Metrics of `model` on every image of `dataset` (a CityscapesDataset or alike).
+
+    `on_prediction(index, train_ids)` sees each (H, W) prediction, e.g. to write PNGs.
+    """
+    was_training = model.training
+    model.eval()
+    metrics = SegmentationMetrics(boundary_tolerance=boundary_tolerance, device=device)
+    loader = DataLoader(EvalSet(dataset), batch_size=1, num_workers=num_workers)
+    try:
+        for image, label, index in loader:
+            image, label = image.to(device), label.to(device)
+            pred = predict_logits(model, image, crop).argmax(1)
+            metrics.update(pred, label)
+            if on_prediction is not None:
+                on_prediction(int(index[0]), pred[0].cpu())
+    finally:
+        model.train(was_training)
+    return metrics.compute()

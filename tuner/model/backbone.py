@@ -1,0 +1,207 @@
+"""SAM itself: the official ViT-B/L/H builders, a tiny config of the same modules, checkpoint
+loading, and resizing of positional tables for inputs other than the pre-training size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from segment_anything import sam_model_registry
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+
+from tuner.errors import CheckpointError
+
+PATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    window_size: int = 14
+    prompt_dim: int = 256  # neck output channels = mask decoder width
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    pretrain_size: int = 1024
+    official: bool = True
+
+
+ENCODERS: dict[str, EncoderSpec] = {
+    # ~2 M parameters: trains on a laptop CPU in seconds per epoch, same classes as SAM.
+    "sam_tiny": EncoderSpec(
+        embed_dim=128,
+        depth=6,
+        num_heads=4,
+        global_attn_indexes=(2, 5),
+        window_size=8,
+        prompt_dim=128,
+        decoder_mlp_dim=512,
+        decoder_heads=4,
+        pretrain_size=256,
+        official=False,
+    ),
+    "vit_b": EncoderSpec(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": EncoderSpec(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": EncoderSpec(1280, 32, 16, (7, 15, 23, 31)),
+}
+
+
+def build_sam(name: str) -> Sam:
+    """A randomly initialised SAM; official variants come from `sam_model_registry`.
+
+    Weights are never passed to the registry builders: they call `torch.load` without
+    `weights_only`, so checkpoints are loaded here instead (see `load_sam_weights`).
+    """
+    spec = ENCODERS[name]
+    if spec.official:
+        return sam_model_registry[name]()
+    grid = spec.pretrain_size // PATCH_SIZE
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=spec.depth,
+            embed_dim=spec.embed_dim,
+            img_size=spec.pretrain_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=spec.num_heads,
+            patch_size=PATCH_SIZE,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=spec.global_attn_indexes,
+            window_size=spec.window_size,
+            out_chans=spec.prompt_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=spec.prompt_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(spec.pretrain_size, spec.pretrain_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2,
+                embedding_dim=spec.prompt_dim,
+                mlp_dim=spec.decoder_mlp_dim,
+                num_heads=spec.decoder_heads,
+            ),
+            transformer_dim=spec.prompt_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=spec.prompt_dim,
+        ),
+    )
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """torch.load with weights_only=True (memory-mapped when the file allows), clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def detect_variant(state: dict[str, torch.Tensor], source: str = "checkpoint") -> str:
+    """Which of ENCODERS a SAM state dict belongs to, from its tensor shapes."""
+    key = "image_encoder.patch_embed.proj.weight"
+    if key not in state:
+        raise CheckpointError(f"{source}: not a SAM checkpoint (no {key!r})")
+    embed_dim = state[key].shape[0]
+    depth = len({k.split(".")[2] for k in state if k.startswith("image_encoder.blocks.")})
+    for name, spec in ENCODERS.items():
+        if (spec.embed_dim, spec.depth) == (embed_dim, depth):
+            return name
+    raise CheckpointError(
+        f"{source}: unknown SAM encoder (embed_dim={embed_dim}, depth={depth}); "
+        f"known: {', '.join(f'{n}={s.embed_dim}x{s.depth}' for n, s in ENCODERS.items())}"
+    )
+
+
+def load_sam_weights(sam: Sam, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load an official-format state dict, resizing positional tables to this model's input."""
+    state = resize_positional_tables(state, sam.state_dict(), source)
+    missing, unexpected = sam.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{source}: does not match the SAM architecture "
+            f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
+        )
+
+
+def resize_positional_tables(
+    state: dict[str, torch.Tensor], target: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Interpolate `pos_embed` (bicubic) and relative-position tables (linear) in `state` to the
+    shapes in `target`, as SAMed does to fine-tune at 512 from 1024 weights."""
+    out = dict(state)
+    for key, value in state.items():
+        if key not in target or target[key].shape == value.shape:
+            continue
+        want = target[key].shape
+        if key.endswith("pos_embed"):
+            out[key] = resize_pos_embed(value, (want[1], want[2]))
+        elif key.endswith(("rel_pos_h", "rel_pos_w")):
+            out[key] = resize_rel_pos(value, want[0])
+        else:
+            raise CheckpointError(
+                f"{source}: tensor {key!r} has shape {tuple(value.shape)}, "
+                f"the model expects {tuple(want)}"
+            )
+    return out
+
+
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(1, h, w, C) -> (1, gh, gw, C)."""
+    x = pos_embed.permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=grid, mode="bicubic", align_corners=False)
+    return x.permute(0, 2, 3, 1).to(pos_embed.dtype).contiguous()
+
+
+def resize_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
+    """(L, C) -> (length, C), as segment_anything's get_rel_pos does on the fly."""
+    x = rel_pos.float().t().unsqueeze(0)
+    x = F.interpolate(x, size=length, mode="linear", align_corners=False)
+    return x.squeeze(0).t().to(rel_pos.dtype).contiguous()
+
+
+def set_token_grid(encoder: ImageEncoderViT, grid: tuple[int, int]) -> None:
+    """Resize the encoder's positional parameters for a (gh, gw) token grid, in place.
+
+    Window-attention blocks keep their tables (their size depends on the window only); global
+    blocks get tables for the new grid, so no per-forward interpolation happens.
+    """
+    gh, gw = grid
+    if encoder.pos_embed is not None and tuple(encoder.pos_embed.shape[1:3]) != grid:
+        encoder.pos_embed = torch.nn.Parameter(resize_pos_embed(encoder.pos_embed.data, grid))
+    for block in encoder.blocks:
+        attn = block.attn
+        if block.window_size != 0 or not attn.use_rel_pos:
+            continue
+        if attn.rel_pos_h.shape[0] != 2 * gh - 1:
+            attn.rel_pos_h = torch.nn.Parameter(resize_rel_pos(attn.rel_pos_h.data, 2 * gh - 1))
+        if attn.rel_pos_w.shape[0] != 2 * gw - 1:
+            attn.rel_pos_w = torch.nn.Parameter(resize_rel_pos(attn.rel_pos_w.data, 2 * gw - 1))

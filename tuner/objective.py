@@ -1,0 +1,151 @@
+"""One Optuna trial = one `fit` of the configuration the trial samples.
+
+This is the only module that knows both Optuna and the training core: it samples a
+TrainConfig, listens to `fit` through a TrainCallback (report + prune), records what the trial
+measured as user attrs and uploads the best checkpoint to the study's artifact store.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import upload_artifact
+
+from tuner.checkpoint import CHECKPOINT_NAME, CONFIG_NAME
+from tuner.data.cityscapes import CityscapesDataset
+from tuner.hardware import device_description, package_versions
+from tuner.space import SearchSpace
+from tuner.train import fit
+
+ATTR_CHECKPOINT = "checkpoint_artifact_id"
+ATTR_CONFIG_ARTIFACT = "config_artifact_id"
+
+
+class TrialReporter:
+    """The TrainCallback of a trial: reports the objective each epoch and asks to prune."""
+
+    def __init__(self, trial: optuna.Trial, space: SearchSpace, log) -> None:
+        self.trial, self.space, self.log = trial, space, log
+        self.history: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> bool:
+        self.history.append(
+            {k: metrics[k] for k in ("epoch", "train_loss", "val_miou", "val_boundary_f1")}
+        )
+        self.trial.set_user_attr("history", self.history)
+        if self.space.multi_objective:
+            return False  # Optuna cannot prune multi-objective trials
+        value = metrics[self.space.objectives[0].metric]
+        if math.isnan(value):
+            return False
+        self.trial.report(value, step=epoch)
+        if self.trial.should_prune():
+            self.log(f"pruned after epoch {epoch + 1}")
+            return True
+        return False
+
+
+@dataclass
+class TrialRunner:
+    """The objective function handed to `study.optimize`."""
+
+    space: SearchSpace
+    data_root: Path
+    artifact_store: Any
+    overrides: dict[str, Any] = field(default_factory=dict)
+    work_dir: Path | None = None
+    progress: bool = True
+    prefix: str = ""
+    current: int | None = None  # number of the trial in progress, for interrupt handling
+
+    def log(self, trial_number: int, message: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(f"{self.prefix}[trial {trial_number}] {message}")
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        self.current = trial.number
+        config = self.space.sample(trial, self.overrides)
+        trial.set_user_attr("config", config.to_dict())
+        frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+        if retried is not None:
+            trial.set_user_attr("retry_of", retried)
+        changed = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+        self.log(trial.number, f"start: {changed}" + (f" (retry of {retried})" if retried else ""))
+        work = Path(tempfile.mkdtemp(prefix=f"trial-{trial.number}-", dir=self.work_dir))
+        try:
+            summary = fit(
+                config,
+                CityscapesDataset(self.data_root, "train", limit=config.train_limit),
+                CityscapesDataset(self.data_root, "val", limit=config.val_limit),
+                out_dir=work,
+                callback=TrialReporter(trial, self.space, lambda m: self.log(trial.number, m)),
+                progress=self.progress,
+                log=lambda m: self.log(trial.number, m),
+            )
+            self._record(trial, summary)
+            if summary.stopped_early:
+                raise optuna.TrialPruned(f"pruned after epoch {summary.epochs_run}")
+            if summary.checkpoint is not None:
+                self._upload(trial, work)
+            values = [_objective_value(summary, o.metric) for o in self.space.objectives]
+            self.log(
+                trial.number,
+                "done: " + ", ".join(f"{o.metric}={v:.4f}"
+                                     for o, v in zip(self.space.objectives, values)),
+            )  # fmt: skip
+            return values if self.space.multi_objective else values[0]
+        except optuna.TrialPruned:
+            raise
+        except BaseException as exc:  # recorded, then Optuna marks the trial FAIL
+            reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            trial.set_user_attr("fail_reason", f"{type(exc).__name__}: {reason}")
+            self.log(trial.number, f"failed: {type(exc).__name__}: {reason}")
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _record(self, trial: optuna.Trial, summary) -> None:
+        best = summary.best_metrics
+        for key in ("val_miou", "val_boundary_f1", "val_pixel_acc", "val_per_class_iou",
+                    "val_per_class_boundary_f1"):  # fmt: skip
+            trial.set_user_attr(key, best.get(key))
+        trial.set_user_attr("best_epoch", summary.best_epoch)
+        trial.set_user_attr("epoch_seconds", [round(s, 3) for s in summary.epoch_seconds])
+        trial.set_user_attr("fit_seconds", round(summary.fit_seconds, 3))
+        trial.set_user_attr("trainable_params", summary.trainable_params)
+        trial.set_user_attr("total_params", summary.total_params)
+        trial.set_user_attr("device", device_description(_torch_device(summary.device)))
+        trial.set_user_attr("versions", package_versions())
+
+    def _upload(self, trial: optuna.Trial, work: Path) -> None:
+        for name, attr in ((CHECKPOINT_NAME, ATTR_CHECKPOINT), (CONFIG_NAME, ATTR_CONFIG_ARTIFACT)):
+            artifact_id = upload_artifact(
+                artifact_store=self.artifact_store,
+                file_path=str(work / name),
+                study_or_trial=trial,
+            )
+            trial.set_user_attr(attr, artifact_id)
+
+
+def _objective_value(summary, metric: str) -> float:
+    if metric in ("fit_seconds", "trainable_params"):
+        return float(getattr(summary, metric))
+    return float(summary.best_metrics[metric])
+
+
+def _torch_device(name: str):
+    import torch
+
+    return torch.device(name)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
