@@ -15,8 +15,8 @@ import numpy as np
 if not hasattr(np, "in1d"):
     np.in1d = np.isin
 
-import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval  # noqa: E402
-from cityscapesscripts.helpers.labels import trainId2label  # noqa: E402
+import cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling as cs_eval
+from cityscapesscripts.helpers.labels import trainId2label
 
 
 def official_scores(predictions: list[str], ground_truths: list[str]) -> tuple[float, list]:

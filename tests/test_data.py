@@ -27,11 +27,37 @@ from tuner.errors import DatasetError
 
 def test_label_table_is_the_official_19_classes():
     assert NUM_CLASSES == 19
-    assert TRAIN_ID_TO_LABEL_ID.tolist() == [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25,
-                                             26, 27, 28, 31, 32, 33]  # fmt: skip
+    assert TRAIN_ID_TO_LABEL_ID.tolist() == [
+        7,
+        8,
+        11,
+        12,
+        13,
+        17,
+        19,
+        20,
+        21,
+        22,
+        23,
+        24,
+        25,
+        26,
+        27,
+        28,
+        31,
+        32,
+        33,
+    ]
     assert CLASS_NAMES[0] == "road" and CLASS_NAMES[-1] == "bicycle"
-    assert encode_target(np.array([0, 1, 7, 9, 26, 33, 34])).tolist() == [255, 255, 0, 255, 13,
-                                                                          18, 255]  # fmt: skip
+    assert encode_target(np.array([0, 1, 7, 9, 26, 33, 34])).tolist() == [
+        255,
+        255,
+        0,
+        255,
+        13,
+        18,
+        255,
+    ]
     round_trip = encode_target(train_ids_to_label_ids(np.arange(19, dtype=np.uint8)))
     assert round_trip.tolist() == list(range(19))
 
@@ -45,8 +71,9 @@ def test_synthetic_scenes_are_deterministic_per_seed():
 
 
 def test_synthetic_dataset_has_the_cityscapes_layout(tiny_data):
-    ds = CityscapesDataset(tiny_data, "val", target_type=tuple(
-        ["semantic", "instance", "color", "polygon", "depth"]))  # fmt: skip
+    ds = CityscapesDataset(
+        tiny_data, "val", target_type=tuple(["semantic", "instance", "color", "polygon", "depth"])
+    )
     assert len(ds) == 4
     sample = ds.samples[0]
     assert sample.image.parts[-3:-1] == ("val", "synthstadt")
@@ -79,11 +106,28 @@ def test_polygons_json_rasterises_to_the_label_image_with_the_official_tool(tiny
 def test_synthetic_scenes_cover_the_street_classes():
     seen = set()
     for index in range(24):
-        seen |= set(np.unique(encode_target(synth.make_scene(0, "train", index, 128, 256)
-                                            ["labelIds"])).tolist())  # fmt: skip
+        seen |= set(
+            np.unique(
+                encode_target(synth.make_scene(0, "train", index, 128, 256)["labelIds"])
+            ).tolist()
+        )
     names = {CLASS_NAMES[i] for i in seen if i != 255}
-    must = {"road", "sidewalk", "building", "vegetation", "terrain", "sky", "car", "truck",
-            "person", "rider", "bicycle", "pole", "traffic sign", "traffic light"}  # fmt: skip
+    must = {
+        "road",
+        "sidewalk",
+        "building",
+        "vegetation",
+        "terrain",
+        "sky",
+        "car",
+        "truck",
+        "person",
+        "rider",
+        "bicycle",
+        "pole",
+        "traffic sign",
+        "traffic light",
+    }
     assert must <= names, must - names
 
 
@@ -93,8 +137,23 @@ def test_synth_cli_writes_a_dataset(tmp_path):
     from tuner.cli import main
 
     out = tmp_path / "cs"
-    result = CliRunner().invoke(main, ["data", "synth", "--out", str(out), "--train", "2",
-                                       "--val", "1", "--height", "64", "--width", "128"])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--train",
+            "2",
+            "--val",
+            "1",
+            "--height",
+            "64",
+            "--width",
+            "128",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(CityscapesDataset(out, "train")) == 2
     assert json.loads((out / "synth.json").read_text())["height"] == 64
@@ -124,8 +183,11 @@ def test_image_without_label_file_names_both(broken_copy):
     label = next((broken_copy / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
     label.unlink()
     stem = label.name.replace("_gtFine_labelIds.png", "")
-    with pytest.raises(DatasetError, match=rf"{stem}_leftImg8bit.png: its semantic target .*"
-                                           rf"{label.name} is missing"):  # fmt: skip
+    with pytest.raises(
+        DatasetError,
+        match=rf"{stem}_leftImg8bit.png: its semantic target .*"
+        rf"{label.name} is missing",
+    ):
         CityscapesDataset(broken_copy, "val")
 
 

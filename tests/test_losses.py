@@ -67,8 +67,10 @@ def test_boundary_ce_weights_pixels_near_a_label_change():
     a = [1.0, 2.0, -1.0, -3.0, 0.5, 1.5, -2.0, 0.0, 3.0, -0.5]
     target = [0] * 5 + [1] * 5
     logits = torch.tensor([a, [0.0] * 10]).reshape(1, 2, 1, 10)
-    ce = [math.log(1 + math.exp(-x)) if t == 0 else math.log(1 + math.exp(x))
-          for x, t in zip(a, target)]  # fmt: skip
+    ce = [
+        math.log(1 + math.exp(-x)) if t == 0 else math.log(1 + math.exp(x))
+        for x, t in zip(a, target)
+    ]
     # Default radius 3: pixels 2..7 lie within 3 px of the change between 4 and 5 -> weight 5.
     weights = [1, 1, 5, 5, 5, 5, 5, 5, 1, 1]
     expected = sum(w * c for w, c in zip(weights, ce)) / sum(weights)

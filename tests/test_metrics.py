@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from official_eval import official_scores
 from PIL import Image
 
-from official_eval import official_scores
 from tuner.data.labels import LABEL_ID_TO_TRAIN_ID, train_ids_to_label_ids
 from tuner.metrics import SegmentationMetrics
 
@@ -33,8 +33,11 @@ def test_confusion_accumulates_over_batches_like_one_big_batch():
     gen = torch.Generator().manual_seed(0)
     target = torch.randint(0, 19, (4, 32, 32), generator=gen)
     target[:, :3] = 255
-    pred = torch.where(torch.rand(4, 32, 32, generator=gen) < 0.7, target.clamp(max=18),
-                       torch.randint(0, 19, (4, 32, 32), generator=gen))  # fmt: skip
+    pred = torch.where(
+        torch.rand(4, 32, 32, generator=gen) < 0.7,
+        target.clamp(max=18),
+        torch.randint(0, 19, (4, 32, 32), generator=gen),
+    )
     whole, parts = SegmentationMetrics(), SegmentationMetrics()
     whole.update(pred, target)
     for i in range(4):

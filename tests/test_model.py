@@ -53,8 +53,9 @@ def test_rel_pos_resize_matches_segment_anything_on_the_fly_interpolation():
     table = torch.randn(127, 64)
     ours = resize_rel_pos(table, 63)
     theirs = get_rel_pos(32, 32, table)  # SAM interpolates to 63 rows internally
-    assert torch.allclose(ours[(torch.arange(32)[:, None] - torch.arange(32)[None, :] + 31)], theirs,
-                          atol=1e-6)  # fmt: skip
+    assert torch.allclose(
+        ours[(torch.arange(32)[:, None] - torch.arange(32)[None, :] + 31)], theirs, atol=1e-6
+    )
 
 
 def test_non_square_crops_build_a_matching_token_grid():

@@ -26,8 +26,14 @@ def test_short_training_clearly_improves_val_miou(tiny_data, tiny_config, tmp_pa
             first.setdefault("miou", metrics["val_miou"])
             return False
 
-    summary = fit(config, *datasets(tiny_data), out_dir=tmp_path, callback=Record(),
-                  progress=False, log=lambda m: None)  # fmt: skip
+    summary = fit(
+        config,
+        *datasets(tiny_data),
+        out_dir=tmp_path,
+        callback=Record(),
+        progress=False,
+        log=lambda m: None,
+    )
     assert summary.epochs_run == 10
     assert summary.best_metrics["val_miou"] > first["miou"] + 0.05
     assert summary.best_metrics["val_pixel_acc"] > 0.5
@@ -61,15 +67,21 @@ def test_micro_batches_accumulate_to_the_same_update(tiny_data, tiny_config):
 
 def test_callback_can_stop_training(tiny_data, tiny_config):
     class StopAfterFirst:
-        epochs = []
+        def __init__(self):
+            self.epochs = []
 
         def on_epoch_end(self, epoch, metrics):
             self.epochs.append((epoch, metrics["val_miou"]))
             return True
 
     callback = StopAfterFirst()
-    summary = fit(tiny_config.replace(epochs=3), *datasets(tiny_data), callback=callback,
-                  progress=False, log=lambda m: None)  # fmt: skip
+    summary = fit(
+        tiny_config.replace(epochs=3),
+        *datasets(tiny_data),
+        callback=callback,
+        progress=False,
+        log=lambda m: None,
+    )
     assert summary.epochs_run == 1 and summary.stopped_early
     assert len(callback.epochs) == 1
 
@@ -88,8 +100,13 @@ def test_nan_loss_names_the_step(tiny_data, tiny_config, monkeypatch):
 
 
 def test_best_checkpoint_round_trip(tiny_data, tiny_config, tmp_path):
-    summary = fit(tiny_config.replace(epochs=2), *datasets(tiny_data), out_dir=tmp_path,
-                  progress=False, log=lambda m: None)  # fmt: skip
+    summary = fit(
+        tiny_config.replace(epochs=2),
+        *datasets(tiny_data),
+        out_dir=tmp_path,
+        progress=False,
+        log=lambda m: None,
+    )
     assert summary.checkpoint == tmp_path / "best.pt"
     assert (tmp_path / "config.json").is_file()
     assert not list(tmp_path.glob(".*tmp"))  # atomic writes leave no temporaries
@@ -114,8 +131,18 @@ def test_corrupt_and_foreign_checkpoints_are_named(tmp_path):
 
 def test_warmup_then_poly_schedule():
     factor = warmup_poly(total_steps=10, warmup_steps=2, power=1.0)
-    assert [round(factor(s), 3) for s in range(10)] == [0.5, 1.0, 1.0, 0.875, 0.75, 0.625,
-                                                        0.5, 0.375, 0.25, 0.125]  # fmt: skip
+    assert [round(factor(s), 3) for s in range(10)] == [
+        0.5,
+        1.0,
+        1.0,
+        0.875,
+        0.75,
+        0.625,
+        0.5,
+        0.375,
+        0.25,
+        0.125,
+    ]
 
 
 def test_batch_larger_than_dataset_is_a_clear_error(tiny_data, tiny_config):

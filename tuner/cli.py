@@ -184,8 +184,20 @@ def evaluate(checkpoint, data_root, split, out_dir, device) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="default: auto")
 @click.option("--threads", type=int, help="CPU threads per worker")
 @click.option("--no-report", is_flag=True, help="do not refresh the dashboard figures at the end")
-def run(study, space_file, trials, timeout, storage, artifacts, data_root, checkpoint, jobs,
-        device, threads, no_report) -> None:  # fmt: skip
+def run(
+    study,
+    space_file,
+    trials,
+    timeout,
+    storage,
+    artifacts,
+    data_root,
+    checkpoint,
+    jobs,
+    device,
+    threads,
+    no_report,
+) -> None:
     """Create or resume a study and run trials until its budget is spent."""
     from tuner.search import RunOptions
     from tuner.search import run as run_study
@@ -206,8 +218,11 @@ def run(study, space_file, trials, timeout, storage, artifacts, data_root, check
     try:
         result = run_study(options)
     except KeyboardInterrupt:
-        click.echo("\ninterrupted: the running trial is marked FAIL and queued again; "
-                   "run the same command to continue.", err=True)  # fmt: skip
+        click.echo(
+            "\ninterrupted: the running trial is marked FAIL and queued again; "
+            "run the same command to continue.",
+            err=True,
+        )
         _print_leaderboard(study, storage)
         sys.exit(130)
     _print_leaderboard(study, storage, result)

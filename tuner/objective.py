@@ -98,9 +98,9 @@ class TrialRunner:
             values = [_objective_value(summary, o.metric) for o in self.space.objectives]
             self.log(
                 trial.number,
-                "done: " + ", ".join(f"{o.metric}={v:.4f}"
-                                     for o, v in zip(self.space.objectives, values)),
-            )  # fmt: skip
+                "done: "
+                + ", ".join(f"{o.metric}={v:.4f}" for o, v in zip(self.space.objectives, values)),
+            )
             return values if self.space.multi_objective else values[0]
         except optuna.TrialPruned:
             raise
@@ -114,8 +114,13 @@ class TrialRunner:
 
     def _record(self, trial: optuna.Trial, summary) -> None:
         best = summary.best_metrics
-        for key in ("val_miou", "val_boundary_f1", "val_pixel_acc", "val_per_class_iou",
-                    "val_per_class_boundary_f1"):  # fmt: skip
+        for key in (
+            "val_miou",
+            "val_boundary_f1",
+            "val_pixel_acc",
+            "val_per_class_iou",
+            "val_per_class_boundary_f1",
+        ):
             trial.set_user_attr(key, best.get(key))
         trial.set_user_attr("best_epoch", summary.best_epoch)
         trial.set_user_attr("epoch_seconds", [round(s, 3) for s in summary.epoch_seconds])

@@ -32,9 +32,19 @@ METRICS = {
     "trainable_params": "minimize",
 }
 TOP_LEVEL_KEYS = {
-    "study", "description", "objective", "objectives", "sampler", "pruner", "trials",
-    "timeout", "fixed", "params", "fault_tolerance", "synthetic",
-}  # fmt: skip
+    "study",
+    "description",
+    "objective",
+    "objectives",
+    "sampler",
+    "pruner",
+    "trials",
+    "timeout",
+    "fixed",
+    "params",
+    "fault_tolerance",
+    "synthetic",
+}
 
 
 @dataclass(frozen=True)
@@ -171,8 +181,9 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
     if len(objectives) > 1 and sampler["name"] in ("cmaes", "gp_single"):
         raise ConfigError(f"{source}: sampler.name={sampler['name']}: single-objective only")
     trials = raw.get("trials")
-    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int)
-                               or trials < 1):  # fmt: skip
+    if trials is not None and (
+        isinstance(trials, bool) or not isinstance(trials, int) or trials < 1
+    ):
         raise ConfigError(f"{source}: trials={trials!r}: expected a positive integer")
     timeout = raw.get("timeout")
     if timeout is not None and (

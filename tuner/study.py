@@ -132,9 +132,11 @@ def open_study(
     except KeyError:
         existing = None
     if existing is not None and existing.directions != [
-        optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else
-        optuna.study.StudyDirection.MINIMIZE for d in space.directions
-    ]:  # fmt: skip
+        optuna.study.StudyDirection.MAXIMIZE
+        if d == "maximize"
+        else optuna.study.StudyDirection.MINIMIZE
+        for d in space.directions
+    ]:
         raise UserError(
             f"study {space.study!r} exists with {len(existing.directions)} objective(s) "
             f"{[d.name.lower() for d in existing.directions]}; {space.source} asks for "
@@ -151,8 +153,10 @@ def open_study(
     if existing is None:
         from optuna_dashboard import set_objective_names
 
-        study.set_user_attr(ATTR_SPACE, Path(space.source).read_text()
-                            if Path(space.source).is_file() else space.source)  # fmt: skip
+        study.set_user_attr(
+            ATTR_SPACE,
+            Path(space.source).read_text() if Path(space.source).is_file() else space.source,
+        )
         study.set_user_attr("objectives", space.metric_names)
         set_objective_names(study, space.metric_names)
     if artifacts is not None or ATTR_ARTIFACTS not in study.user_attrs:
@@ -317,8 +321,15 @@ def describe_best(study_name: str, storage_url: str | None) -> str:
         lines += [f"  {m}: {v:.4f}" for m, v in zip(metrics, trial.values)]
         lines.append("  params: " + ", ".join(f"{k}={v}" for k, v in trial.params.items()))
         attrs = trial.user_attrs
-        for key in ("val_miou", "val_boundary_f1", "val_pixel_acc", "best_epoch", "fit_seconds",
-                    "trainable_params", "device"):  # fmt: skip
+        for key in (
+            "val_miou",
+            "val_boundary_f1",
+            "val_pixel_acc",
+            "best_epoch",
+            "fit_seconds",
+            "trainable_params",
+            "device",
+        ):
             if key in attrs:
                 lines.append(f"  {key}: {attrs[key]}")
         lines.append(f"  checkpoint: {checkpoint_location(study, trial)}")
