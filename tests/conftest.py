@@ -43,3 +43,41 @@ def tuner_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("TUNER_HOME", str(home))
     return home
+
+
+def _required(what: str) -> None:
+    """Skip when a service is absent, unless CI says it must be there (.ci/run sets this)."""
+    message = f"{what} is not available here (.ci/run installs it)"
+    if os.environ.get("TUNER_REQUIRE_SERVICES") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """TUNER_TEST_POSTGRES_URL, else a throwaway server started from Debian's binaries."""
+    from services import PostgresServer, find_pg_bin
+
+    url = os.environ.get("TUNER_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        _required("PostgreSQL (initdb)")
+    server = PostgresServer(bin_dir)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    _required("Chromium")

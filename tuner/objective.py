@@ -8,7 +8,9 @@ measured as user attrs and uploads the best checkpoint to the study's artifact s
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +75,7 @@ class TrialRunner:
         self.current = trial.number
         config = self.space.sample(trial, self.overrides)
         trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
         retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         if retried is not None:

@@ -28,6 +28,7 @@ from tuner.study import (
     open_storage,
     open_study,
     requeue,
+    trials_to_run,
 )
 
 
@@ -132,12 +133,14 @@ def run_worker(plan: WorkerPlan) -> None:
     # and reruns do not replay the same random draws (duplicate trials).
     study.sampler = _reseeded_sampler(space, study, plan.index)
     prefix = f"[w{plan.index}] " if options.jobs > 1 else ""
-    counted = counted_trials(study)
-    remaining = None if plan.budget is None else plan.budget - counted
-    if remaining is not None and remaining <= 0:
+    # Trials whose worker died (no heartbeat within the grace period) are failed and re-queued
+    # now, before the budget is counted; Optuna also does this before every new trial.
+    optuna.storages.fail_stale_trials(study)
+    remaining = None if plan.budget is None else trials_to_run(study, plan.budget)
+    if remaining == 0:
         print(
-            f"{prefix}study {space.study!r} already holds {counted} trials (budget "
-            f"{plan.budget}); pass --trials N to run N more"
+            f"{prefix}study {space.study!r} already holds {counted_trials(study)} trials "
+            f"(budget {plan.budget}); pass --trials N to run N more"
         )
         return
     overrides = {
@@ -180,7 +183,9 @@ def run_worker(plan: WorkerPlan) -> None:
 def _reseeded_sampler(space: SearchSpace, study: optuna.Study, index: int):
     from tuner.study import SEEDED, make_sampler
 
-    if space.sampler["name"] not in SEEDED or space.sampler.get("seed", 0) is None:
+    # The grid sampler's seed fixes the order of the grid, which all workers must share.
+    name = space.sampler["name"]
+    if name == "grid" or name not in SEEDED or space.sampler.get("seed", 0) is None:
         return make_sampler(space)
     offset = 7919 * index + len(study.get_trials(deepcopy=False))
     seed = int(space.sampler.get("seed", 0)) + offset

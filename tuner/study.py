@@ -84,7 +84,10 @@ def open_storage(url: str | None = None, fault: FaultTolerance | None = None) ->
                 max_retry=fault.max_retry
             ),
         }
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    engine_kwargs = None
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}
     try:
         return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError as exc:
@@ -151,14 +154,11 @@ def open_study(
         load_if_exists=True,
     )
     if existing is None:
-        from optuna_dashboard import set_objective_names
-
         study.set_user_attr(
             ATTR_SPACE,
             Path(space.source).read_text() if Path(space.source).is_file() else space.source,
         )
-        study.set_user_attr("objectives", space.metric_names)
-        set_objective_names(study, space.metric_names)
+        study.set_metric_names(space.metric_names)
     if artifacts is not None or ATTR_ARTIFACTS not in study.user_attrs:
         location = str(artifacts or paths.default_artifact_dir())
         if "://" not in location:
@@ -190,15 +190,26 @@ def counted_trials(study: optuna.Study) -> int:
     return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
 
 
+def waiting_trials(study: optuna.Study) -> int:
+    """Queued trials (retries, enqueued params): they run even when the budget is reached."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def trials_to_run(study: optuna.Study, budget: int) -> int:
+    """How many trials a worker should still start: queued ones plus what the budget allows."""
+    return max(0, budget - counted_trials(study)) + waiting_trials(study)
+
+
 class StopAtBudget:
-    """Optuna callback: stop this worker once the study holds `budget` counted trials. Every
-    worker (here or on other machines) checks the same count, so they share one budget."""
+    """Optuna callback: stop this worker once the study holds `budget` counted trials and no
+    queued ones. Every worker (here or on other machines) checks the same count, so they share
+    one budget."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if counted_trials(study) >= self.budget:
+        if trials_to_run(study, self.budget) == 0:
             study.stop()
 
 
@@ -252,7 +263,7 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def leaderboard_rows(study: optuna.Study, limit: int = 20) -> tuple[list[list[Any]], list[str]]:
-    metrics = study.user_attrs.get("objectives") or ["value"] * len(study.directions)
+    metrics = study.metric_names or ["value"] * len(study.directions)
     param_names = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
     headers = ["#", "state", *metrics, "boundary F1", "epochs", "seconds", *param_names]
     rows = []
@@ -314,7 +325,7 @@ def describe_best(study_name: str, storage_url: str | None) -> str:
     best = best_trials(study)
     if not best:
         raise StudyError(f"study {study_name!r} has no completed trial yet")
-    metrics = study.user_attrs.get("objectives") or ["value"]
+    metrics = study.metric_names or ["value"] * len(study.directions)
     lines = []
     for trial in best:
         lines.append(f"trial {trial.number} of study {study_name!r}")

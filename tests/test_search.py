@@ -1,0 +1,313 @@
+"""`tuner run` and friends: studies, budgets, pruning, failures, kills, workers, dashboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from io import BytesIO
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from tuner.checkpoint import load_segmenter
+from tuner.cli import main
+from tuner.search import RunOptions, run
+from tuner.study import fetch_checkpoint, load_existing_study, open_storage, open_study
+from tuner.space import load_space
+
+FAST = {
+    "model": "sam_tiny",
+    "head": "linear",
+    "freeze_depth": 2,
+    "batch_size": 2,
+    "epochs": 2,
+    "image_size": [64, 128],
+    "scale_range": [0.75, 1.25],
+    "encoder_lr_mult": 1.0,
+    "threads": 1,
+}
+SYNTH = {"train": 8, "val": 4, "height": 128, "width": 256}
+
+
+def space_file(tmp_path: Path, name: str, params: dict, **extra) -> Path:
+    data = {
+        "study": name,
+        "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+        "pruner": {"name": "none"},
+        "trials": 2,
+        "fixed": {k: v for k, v in FAST.items() if k not in params},
+        "params": params,
+        "synthetic": SYNTH,
+        "fault_tolerance": {"heartbeat_interval": 1, "grace_period": 3, "max_retry": 2},
+    }
+    for key, value in extra.items():
+        if key == "fixed":
+            data["fixed"].update(value)
+        else:
+            data[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result
+
+
+def storage_url(home: Path) -> str:
+    return f"sqlite:///{home / 'tuner.db'}"
+
+
+def load(home: Path, name: str) -> optuna.Study:
+    return load_existing_study(name, open_storage(storage_url(home)))
+
+
+def tuner_subprocess(*args: str, home: Path, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "TUNER_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tuner", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)  # fmt: skip
+
+
+def wait_for(predicate, timeout: float = 120, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("timed out waiting")
+
+
+# The shipped smoke study, end to end -----------------------------------------------------------
+@pytest.mark.slow
+def test_smoke_study_end_to_end_and_rerun(tuner_home):
+    result = invoke("run", "--study", "smoke")
+    assert result.exit_code == 0, result.output
+    assert "leaderboard of study 'smoke' (3 trials)" in result.output
+    study = load(tuner_home, "smoke")
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 3
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    best = study.best_trial
+    for key in ("val_per_class_iou", "val_boundary_f1", "val_pixel_acc", "epoch_seconds",
+                "trainable_params", "device", "versions", "config"):  # fmt: skip
+        assert key in best.user_attrs, key
+    assert len(best.user_attrs["val_per_class_iou"]) == 19
+    assert best.user_attrs["versions"]["optuna"] == optuna.__version__
+    assert len(best.intermediate_values) == 2  # reported every epoch
+
+    # The best checkpoint is an artifact that loads back into a model.
+    ckpt = fetch_checkpoint(study, best, tuner_home / "fetched" / "best.pt")
+    model, meta = load_segmenter(ckpt)
+    assert meta.config.loss == best.params["loss"]
+    assert meta.metrics["val_miou"] == pytest.approx(best.value)
+
+    out = invoke("studies").output
+    assert "smoke" in out and "3" in out
+    out = invoke("best", "--study", "smoke").output
+    assert f"trial {best.number}" in out and "checkpoint:" in out
+
+    # A rerun of a complete study runs nothing; --trials adds trials, none duplicated.
+    again = invoke("run", "--study", "smoke", "--no-report")
+    assert "already holds 3 trials" in again.output
+    assert len(load(tuner_home, "smoke").trials) == 3
+    more = invoke("run", "--study", "smoke", "--trials", "2", "--no-report")
+    assert more.exit_code == 0, more.output
+    trials = load(tuner_home, "smoke").trials
+    assert len(trials) == 5
+    params = {json.dumps(t.params, sort_keys=True) for t in trials}
+    assert len(params) == 5
+
+
+def test_bad_learning_rate_is_pruned(tuner_home, tmp_path):
+    path = space_file(
+        tmp_path,
+        "prune",
+        {"lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True}},
+        pruner={"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0},
+        trials=3,
+        fixed={"epochs": 3, "freeze_depth": 0},
+    )
+    space = load_space(path)
+    study = open_study(space, open_storage(storage_url(tuner_home)))
+    for lr in (1e-3, 3e-3, 0.9):  # two sane runs, then an absurd learning rate
+        study.enqueue_trial({"lr": lr})
+    run(RunOptions(study="prune", space_file=str(path), progress=False))
+    trials = load(tuner_home, "prune").trials
+    assert [t.state for t in trials[:2]] == [TrialState.COMPLETE] * 2
+    bad = trials[2]
+    assert bad.params["lr"] == 0.9
+    assert bad.state == TrialState.PRUNED
+    assert len(bad.intermediate_values) < 3  # stopped before its last epoch
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(tuner_home, tmp_path):
+    # batch_size 16 > 8 training images: that trial raises; the others must still run.
+    path = space_file(tmp_path, "failing",
+                      {"batch_size": {"type": "categorical", "choices": [2, 16]}},
+                      sampler={"name": "grid", "seed": 0})  # fmt: skip
+    result = invoke("run", "--study", "failing", "--space", str(path), "--no-report")
+    assert result.exit_code == 0, result.output
+    trials = load(tuner_home, "failing").trials
+    states = {t.params["batch_size"]: t for t in trials}
+    assert states[2].state == TrialState.COMPLETE
+    assert states[16].state == TrialState.FAIL
+    assert "batch_size=16 is larger than the training set" in states[16].user_attrs["fail_reason"]
+
+
+def test_missing_study_and_missing_artifact_are_named(tuner_home, tmp_path):
+    result = CliRunner().invoke(main, ["best", "--study", "ghost"])
+    assert result.exit_code == 2 and "no study named 'ghost'" in result.output
+    path = space_file(tmp_path, "art", {"loss": {"type": "categorical", "choices": ["ce"]}},
+                      trials=1)  # fmt: skip
+    assert invoke("run", "--study", "art", "--space", str(path), "--no-report").exit_code == 0
+    study = load(tuner_home, "art")
+    trial = study.best_trial
+    artifact = Path(study.user_attrs["artifact_store"]) / trial.user_attrs["checkpoint_artifact_id"]
+    artifact.unlink()
+    from tuner.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=f"checkpoint artifact .* of trial {trial.number} "
+                                              "is missing"):  # fmt: skip
+        fetch_checkpoint(study, trial, tmp_path / "x.pt")
+
+
+# Fault tolerance: kill -9 and Ctrl-C -----------------------------------------------------------
+SLOW = {"epochs": 40, "image_size": [128, 256], "freeze_depth": 0}
+
+
+def running_trial(home: Path, name: str):
+    try:
+        trials = load(home, name).get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    except Exception:
+        return None
+    return trials[0] if trials and trials[0].intermediate_values else None
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tuner_home, tmp_path):
+    path = space_file(tmp_path, "kill", {"loss": {"type": "categorical",
+                                                  "choices": ["ce", "dice"]}},
+                      trials=1, fixed=SLOW)  # fmt: skip
+    worker = tuner_subprocess("run", "--study", "kill", "--space", str(path), "--no-report",
+                              home=tuner_home)  # fmt: skip
+    victim = wait_for(lambda: running_trial(tuner_home, "kill"), timeout=180)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    time.sleep(4)  # past the 3 s grace period: the heartbeat is stale
+    fast = space_file(tmp_path, "kill", {"loss": {"type": "categorical",
+                                                  "choices": ["ce", "dice"]}},
+                      trials=1, fixed={"epochs": 1})  # fmt: skip
+    result = invoke("run", "--study", "kill", "--space", str(fast), "--no-report")
+    assert result.exit_code == 0, result.output
+    trials = load(tuner_home, "kill").trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert [t.number for t in failed] == [victim.number]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == victim.params
+    assert len(trials) == 2  # the killed trial did not use up the budget of 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_trial_failed_and_queues_it_again(tuner_home, tmp_path):
+    path = space_file(tmp_path, "sigint", {"loss": {"type": "categorical",
+                                                    "choices": ["ce", "dice"]}},
+                      trials=2, fixed=SLOW, pruner={"name": "none"})  # fmt: skip
+    worker = tuner_subprocess("run", "--study", "sigint", "--space", str(path), "--no-report",
+                              home=tuner_home)  # fmt: skip
+    victim = wait_for(lambda: running_trial(tuner_home, "sigint"), timeout=180)
+    worker.send_signal(signal.SIGINT)
+    output, _ = worker.communicate(timeout=120)
+    assert worker.returncode == 130, output
+    assert "interrupted" in output and "leaderboard" in output
+    trials = load(tuner_home, "sigint").trials
+    failed = [t for t in trials if t.number == victim.number][0]
+    assert failed.state == TrialState.FAIL
+    assert "interrupted" in failed.user_attrs["fail_reason"]
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(waiting) == 1 and waiting[0].params == victim.params
+
+
+# Parallel and distributed workers --------------------------------------------------------------
+GRID4 = {"loss": {"type": "categorical", "choices": ["ce", "dice"]},
+         "lr": {"type": "categorical", "choices": [0.001, 0.003]}}  # fmt: skip
+
+
+def assert_grid_done_once(study: optuna.Study) -> None:
+    trials = study.trials
+    assert len(trials) == 4
+    assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
+    points = {(t.params["loss"], t.params["lr"]) for t in trials}
+    assert len(points) == 4  # every grid point exactly once: no duplicates
+    return {t.user_attrs["worker"] for t in trials}
+
+
+@pytest.mark.slow
+def test_two_local_workers_share_one_sqlite_study(tuner_home, tmp_path):
+    path = space_file(tmp_path, "jobs", GRID4, sampler={"name": "grid", "seed": 0}, trials=4,
+                      fixed={"epochs": 3})  # fmt: skip
+    result = invoke("run", "--study", "jobs", "--space", str(path), "--jobs", "2", "--no-report")
+    assert result.exit_code == 0, result.output
+    workers = assert_grid_done_once(load(tuner_home, "jobs"))
+    assert len(workers) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_machines_share_a_postgres_study(postgres_url, tuner_home, tmp_path):
+    name = f"pg{os.getpid()}"
+    path = space_file(tmp_path, name, GRID4, sampler={"name": "grid", "seed": 0}, trials=4,
+                      fixed={"epochs": 3})  # fmt: skip
+    args = ("run", "--study", name, "--space", str(path), "--storage", postgres_url,
+            "--no-report")  # fmt: skip
+    machines = [tuner_subprocess(*args, home=tuner_home) for _ in range(2)]
+    outputs = [m.communicate(timeout=600)[0] for m in machines]
+    assert [m.returncode for m in machines] == [0, 0], outputs
+    study = load_existing_study(name, open_storage(postgres_url))
+    workers = assert_grid_done_once(study)
+    assert len(workers) == 2
+
+
+# Dashboard -------------------------------------------------------------------------------------
+def call_wsgi(app, path: str) -> tuple[str, bytes]:
+    environ = {
+        "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "wsgi.url_scheme": "http",
+        "wsgi.input": BytesIO(b""), "wsgi.errors": sys.stderr, "SERVER_PROTOCOL": "HTTP/1.1",
+    }  # fmt: skip
+    status = {}
+
+    def start_response(code, headers, exc_info=None):
+        status["code"] = code
+
+    body = b"".join(app(environ, start_response))
+    return status["code"], body
+
+
+def test_dashboard_lists_the_study_and_its_checkpoint(tuner_home, tmp_path):
+    from tuner.dashboard import wsgi_app
+
+    path = space_file(tmp_path, "dash", {"loss": {"type": "categorical", "choices": ["ce"]}},
+                      trials=1, fixed={"epochs": 1})  # fmt: skip
+    assert invoke("run", "--study", "dash", "--space", str(path), "--no-report").exit_code == 0
+    app = wsgi_app()
+    code, body = call_wsgi(app, "/api/studies")
+    assert code.startswith("200")
+    names = [s["study_name"] for s in json.loads(body)["study_summaries"]]
+    assert names == ["dash"]
+    study_id = json.loads(body)["study_summaries"][0]["study_id"]
+    code, body = call_wsgi(app, f"/api/studies/{study_id}")
+    trial = json.loads(body)["trials"][0]
+    artifact = {a["filename"]: a for a in trial["artifacts"]}["best.pt"]
+    code, body = call_wsgi(app, f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}")
+    assert code.startswith("200") and len(body) > 1000
