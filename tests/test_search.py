@@ -309,5 +309,7 @@ def test_dashboard_lists_the_study_and_its_checkpoint(tuner_home, tmp_path):
     code, body = call_wsgi(app, f"/api/studies/{study_id}")
     trial = json.loads(body)["trials"][0]
     artifact = {a["filename"]: a for a in trial["artifacts"]}["best.pt"]
-    code, body = call_wsgi(app, f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}")
+    code, body = call_wsgi(
+        app, f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}"
+    )
     assert code.startswith("200") and len(body) > 1000

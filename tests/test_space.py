@@ -47,7 +47,9 @@ def with_change(path: tuple[str, ...], value) -> dict:
 DELETE = object()
 
 
-@pytest.mark.parametrize("name", ["smoke", "losses", "freeze", "heads", "lr_batch", "full", "edges"])
+@pytest.mark.parametrize(
+    "name", ["smoke", "losses", "freeze", "heads", "lr_batch", "full", "edges"]
+)
 def test_shipped_spaces_load(name):
     space = load_space(find_space(name))
     assert space.study == name

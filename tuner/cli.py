@@ -276,3 +276,80 @@ def best(study, storage) -> None:
     from tuner.study import describe_best
 
     click.echo(describe_best(study, storage))
+
+
+# Quantization ----------------------------------------------------------------------------------
+@main.command()
+@click.argument("target", nargs=-1)
+@click.option("--study", help="study whose best trial (or trial N) to quantize")
+@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="a sam-tuner checkpoint")
+@click.option(
+    "--data",
+    "data_root",
+    type=click.Path(path_type=Path),
+    help="Cityscapes root (default: the study's data)",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["static", "dynamic", "weight_only", "auto"]),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--tolerance", type=float, default=1.0, show_default=True, help="allowed mIoU drop in points"
+)
+@click.option("--calib", type=int, default=16, show_default=True, help="calibration images")
+@click.option("--backend", type=click.Choice(["inc", "ipex"]), default="inc", show_default=True)
+@click.option("--no-compile", is_flag=True, help="measure eager models (faster, no int8 kernels)")
+@click.option("--val-limit", type=int, help="evaluate on the first N val images")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder")
+def quantize(
+    target,
+    study,
+    storage,
+    checkpoint,
+    data_root,
+    method,
+    tolerance,
+    calib,
+    backend,
+    no_compile,
+    val_limit,
+    out_dir,
+) -> None:
+    """INT8 with Intel Neural Compressor: `quantize best --study NAME`, `quantize trial N
+    --study NAME`, or `quantize --checkpoint PATH`."""
+    import json as json_module
+
+    from tuner.quantize import QuantizeOptions, comparison_rows, quantize_checkpoint, quantize_trial
+    from tuner.tables import table
+
+    options = QuantizeOptions(
+        method=method,
+        tolerance=tolerance,
+        calib=calib,
+        compile=not no_compile,
+        backend=backend,
+        val_limit=val_limit,
+    )
+    if checkpoint is not None and not target:
+        root = data_root or paths.synthetic_data(progress=False)
+        out_dir = out_dir or paths.home() / "quantized" / Path(checkpoint).stem
+        report = quantize_checkpoint(checkpoint, root, out_dir, options, log=click.echo)
+    elif target and target[0] in ("best", "trial") and study:
+        number = None
+        if target[0] == "trial":
+            if len(target) != 2 or not target[1].isdigit():
+                raise click.UsageError("usage: tuner quantize trial N --study NAME")
+            number = int(target[1])
+        report = quantize_trial(study, number, options, storage, data_root, out_dir, log=click.echo)
+    else:
+        raise click.UsageError(
+            "usage: tuner quantize best --study NAME | trial N --study NAME | --checkpoint PATH"
+        )
+    rows, headers = comparison_rows(report)
+    click.echo("\n" + table(rows, headers))
+    click.echo(f"\nchosen: {report.chosen} ({report.reason})")
+    click.echo(f"saved to {report.output_dir} (comparison.json beside it)")
+    click.echo(json_module.dumps({"cpu": report.cpu["isa"]}))

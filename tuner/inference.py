@@ -67,7 +67,7 @@ def evaluate(
     `on_prediction(index, train_ids)` sees each (H, W) prediction, e.g. to write PNGs.
     """
     was_training = model.training
-    model.eval()
+    _set_mode(model, training=False)
     metrics = SegmentationMetrics(boundary_tolerance=boundary_tolerance, device=device)
     loader = DataLoader(EvalSet(dataset), batch_size=1, num_workers=num_workers)
     try:
@@ -78,5 +78,13 @@ def evaluate(
             if on_prediction is not None:
                 on_prediction(int(index[0]), pred[0].cpu())
     finally:
-        model.train(was_training)
+        _set_mode(model, was_training)
     return metrics.compute()
+
+
+def _set_mode(model: nn.Module, training: bool) -> None:
+    """train()/eval(), except on exported (quantized) graphs, whose mode is fixed at export."""
+    try:
+        model.train(training)
+    except NotImplementedError:
+        pass

@@ -73,6 +73,7 @@ def plan(options: RunOptions) -> list[WorkerPlan]:
     data_root = options.data_root or str(paths.synthetic_data(space.synthetic))
     storage = open_storage(options.storage)
     study = open_study(space, storage, options.artifacts)
+    study.set_user_attr("data_root", str(Path(data_root).resolve()))
     if options.trials is not None:
         budget: int | None = counted_trials(study) + options.trials
     else:
