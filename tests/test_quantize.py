@@ -35,17 +35,25 @@ def study_home(tmp_path_factory):
         "study": "q",
         "sampler": {"name": "grid"},
         "pruner": {"name": "none"},
-        "fixed": {"model": "sam_tiny", "head": "conv", "epochs": 3, "batch_size": 2,
-                  "image_size": [64, 128], "encoder_lr_mult": 1.0, "lr": 3e-3},
+        "fixed": {
+            "model": "sam_tiny",
+            "head": "conv",
+            "epochs": 3,
+            "batch_size": 2,
+            "image_size": [64, 128],
+            "encoder_lr_mult": 1.0,
+            "lr": 3e-3,
+        },
         "params": {"loss": {"type": "categorical", "choices": ["ce"]}},
         "synthetic": {"train": 8, "val": 4, "height": 128, "width": 256},
-    }  # fmt: skip
+    }
     path = home / "q.yaml"
     path.write_text(yaml.safe_dump(space))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TUNER_HOME", str(home))
-        result = CliRunner().invoke(main, ["run", "--study", "q", "--space", str(path),
-                                           "--no-report"])  # fmt: skip
+        result = CliRunner().invoke(
+            main, ["run", "--study", "q", "--space", str(path), "--no-report"]
+        )
         assert result.exit_code == 0, result.output
         yield home
 
@@ -59,8 +67,7 @@ def quantize_cli(home: Path, *args: str):
 @pytest.mark.parametrize("method", ["static", "dynamic"])
 def test_static_and_dynamic_stay_within_the_default_tolerance(study_home, method, tmp_path):
     out = tmp_path / method
-    result = quantize_cli(study_home, "best", "--study", "q", "--method", method,
-                          "--out", str(out))  # fmt: skip
+    result = quantize_cli(study_home, "best", "--study", "q", "--method", method, "--out", str(out))
     assert result.exit_code == 0, result.output
     assert f"int8 {method} (chosen)" in result.output
     report = json.loads((out / "comparison.json").read_text())
@@ -79,8 +86,9 @@ def test_static_and_dynamic_stay_within_the_default_tolerance(study_home, method
 
     # The saved model runs through `tuner predict --model`.
     image = next((study_home / "data").rglob("*_leftImg8bit.png"))
-    predicted = CliRunner().invoke(main, ["predict", "--model", str(out), str(image),
-                                          "--out", str(tmp_path / "pred")])  # fmt: skip
+    predicted = CliRunner().invoke(
+        main, ["predict", "--model", str(out), str(image), "--out", str(tmp_path / "pred")]
+    )
     assert predicted.exit_code == 0, predicted.output
     assert (tmp_path / "pred" / f"{image.stem}_overlay.png").is_file()
 
@@ -109,8 +117,8 @@ def test_tolerance_failure_exits_non_zero_and_overwrites_nothing(study_home, tmp
     out = tmp_path / "kept"
     out.mkdir()
     (out / "previous.txt").write_text("an earlier, accepted model")
-    result = quantize_cli(study_home, "best", "--study", "q", "--method", "dynamic",
-                          "--tolerance", "-100", "--out", str(out))  # fmt: skip
+    args = ["best", "--study", "q", "--method", "dynamic", "--tolerance", "-100", "--out"]
+    result = quantize_cli(study_home, *args, str(out))
     assert result.exit_code == 2
     assert "mIoU drops" in result.output and "Nothing was written" in result.output
     assert [p.name for p in out.iterdir()] == ["previous.txt"]
@@ -121,16 +129,17 @@ def test_missing_study_trial_and_artifact_are_named(study_home):
     assert missing.exit_code == 2 and "no study named 'nope'" in missing.output
     no_trial = quantize_cli(study_home, "trial", "7", "--study", "q")
     assert no_trial.exit_code == 2 and "study 'q' has no trial 7" in no_trial.output
-    with pytest.raises(CheckpointError, match="checkpoint artifact .* is missing"):
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("TUNER_HOME", str(study_home))
-            study = load_existing_study("q", open_storage(None))
-            trial = study.best_trial
-            store = Path(study.user_attrs["artifact_store"])
-            artifact = store / trial.user_attrs["checkpoint_artifact_id"]
-            hidden = artifact.with_name("hidden")
-            artifact.rename(hidden)
-            try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNER_HOME", str(study_home))
+        study = load_existing_study("q", open_storage(None))
+        trial = study.best_trial
+        artifact = (
+            Path(study.user_attrs["artifact_store"]) / trial.user_attrs["checkpoint_artifact_id"]
+        )
+        hidden = artifact.with_name("hidden")
+        artifact.rename(hidden)
+        try:
+            with pytest.raises(CheckpointError, match="checkpoint artifact .* is missing"):
                 quantize_trial("q", trial.number, FAST)
-            finally:
-                hidden.rename(artifact)
+        finally:
+            hidden.rename(artifact)

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 from tuner.checkpoint import load_segmenter
 from tuner.cli import main
 from tuner.search import RunOptions, run
-from tuner.study import fetch_checkpoint, load_existing_study, open_storage, open_study
 from tuner.space import load_space
+from tuner.study import fetch_checkpoint, load_existing_study, open_storage, open_study
 
 FAST = {
     "model": "sam_tiny",
@@ -73,8 +73,14 @@ def load(home: Path, name: str) -> optuna.Study:
 
 def tuner_subprocess(*args: str, home: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "TUNER_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tuner", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "tuner", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def wait_for(predicate, timeout: float = 120, interval: float = 0.25):
@@ -98,8 +104,16 @@ def test_smoke_study_end_to_end_and_rerun(tuner_home):
     assert len(trials) == 3
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     best = study.best_trial
-    for key in ("val_per_class_iou", "val_boundary_f1", "val_pixel_acc", "epoch_seconds",
-                "trainable_params", "device", "versions", "config"):  # fmt: skip
+    for key in (
+        "val_per_class_iou",
+        "val_boundary_f1",
+        "val_pixel_acc",
+        "epoch_seconds",
+        "trainable_params",
+        "device",
+        "versions",
+        "config",
+    ):
         assert key in best.user_attrs, key
     assert len(best.user_attrs["val_per_class_iou"]) == 19
     assert best.user_attrs["versions"]["optuna"] == optuna.__version__
@@ -107,7 +121,7 @@ def test_smoke_study_end_to_end_and_rerun(tuner_home):
 
     # The best checkpoint is an artifact that loads back into a model.
     ckpt = fetch_checkpoint(study, best, tuner_home / "fetched" / "best.pt")
-    model, meta = load_segmenter(ckpt)
+    _model, meta = load_segmenter(ckpt)
     assert meta.config.loss == best.params["loss"]
     assert meta.metrics["val_miou"] == pytest.approx(best.value)
 
@@ -152,9 +166,12 @@ def test_bad_learning_rate_is_pruned(tuner_home, tmp_path):
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tuner_home, tmp_path):
     # batch_size 16 > 8 training images: that trial raises; the others must still run.
-    path = space_file(tmp_path, "failing",
-                      {"batch_size": {"type": "categorical", "choices": [2, 16]}},
-                      sampler={"name": "grid", "seed": 0})  # fmt: skip
+    path = space_file(
+        tmp_path,
+        "failing",
+        {"batch_size": {"type": "categorical", "choices": [2, 16]}},
+        sampler={"name": "grid", "seed": 0},
+    )
     result = invoke("run", "--study", "failing", "--space", str(path), "--no-report")
     assert result.exit_code == 0, result.output
     trials = load(tuner_home, "failing").trials
@@ -167,8 +184,9 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tuner_home, tmp_path)
 def test_missing_study_and_missing_artifact_are_named(tuner_home, tmp_path):
     result = CliRunner().invoke(main, ["best", "--study", "ghost"])
     assert result.exit_code == 2 and "no study named 'ghost'" in result.output
-    path = space_file(tmp_path, "art", {"loss": {"type": "categorical", "choices": ["ce"]}},
-                      trials=1)  # fmt: skip
+    path = space_file(
+        tmp_path, "art", {"loss": {"type": "categorical", "choices": ["ce"]}}, trials=1
+    )
     assert invoke("run", "--study", "art", "--space", str(path), "--no-report").exit_code == 0
     study = load(tuner_home, "art")
     trial = study.best_trial
@@ -176,8 +194,9 @@ def test_missing_study_and_missing_artifact_are_named(tuner_home, tmp_path):
     artifact.unlink()
     from tuner.errors import CheckpointError
 
-    with pytest.raises(CheckpointError, match=f"checkpoint artifact .* of trial {trial.number} "
-                                              "is missing"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError, match=f"checkpoint artifact .* of trial {trial.number} is missing"
+    ):
         fetch_checkpoint(study, trial, tmp_path / "x.pt")
 
 
@@ -195,18 +214,27 @@ def running_trial(home: Path, name: str):
 
 @pytest.mark.slow
 def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tuner_home, tmp_path):
-    path = space_file(tmp_path, "kill", {"loss": {"type": "categorical",
-                                                  "choices": ["ce", "dice"]}},
-                      trials=1, fixed=SLOW)  # fmt: skip
-    worker = tuner_subprocess("run", "--study", "kill", "--space", str(path), "--no-report",
-                              home=tuner_home)  # fmt: skip
+    path = space_file(
+        tmp_path,
+        "kill",
+        {"loss": {"type": "categorical", "choices": ["ce", "dice"]}},
+        trials=1,
+        fixed=SLOW,
+    )
+    worker = tuner_subprocess(
+        "run", "--study", "kill", "--space", str(path), "--no-report", home=tuner_home
+    )
     victim = wait_for(lambda: running_trial(tuner_home, "kill"), timeout=180)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)
     time.sleep(4)  # past the 3 s grace period: the heartbeat is stale
-    fast = space_file(tmp_path, "kill", {"loss": {"type": "categorical",
-                                                  "choices": ["ce", "dice"]}},
-                      trials=1, fixed={"epochs": 1})  # fmt: skip
+    fast = space_file(
+        tmp_path,
+        "kill",
+        {"loss": {"type": "categorical", "choices": ["ce", "dice"]}},
+        trials=1,
+        fixed={"epochs": 1},
+    )
     result = invoke("run", "--study", "kill", "--space", str(fast), "--no-report")
     assert result.exit_code == 0, result.output
     trials = load(tuner_home, "kill").trials
@@ -220,18 +248,24 @@ def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tuner_hom
 
 @pytest.mark.slow
 def test_ctrl_c_marks_the_trial_failed_and_queues_it_again(tuner_home, tmp_path):
-    path = space_file(tmp_path, "sigint", {"loss": {"type": "categorical",
-                                                    "choices": ["ce", "dice"]}},
-                      trials=2, fixed=SLOW, pruner={"name": "none"})  # fmt: skip
-    worker = tuner_subprocess("run", "--study", "sigint", "--space", str(path), "--no-report",
-                              home=tuner_home)  # fmt: skip
+    path = space_file(
+        tmp_path,
+        "sigint",
+        {"loss": {"type": "categorical", "choices": ["ce", "dice"]}},
+        trials=2,
+        fixed=SLOW,
+        pruner={"name": "none"},
+    )
+    worker = tuner_subprocess(
+        "run", "--study", "sigint", "--space", str(path), "--no-report", home=tuner_home
+    )
     victim = wait_for(lambda: running_trial(tuner_home, "sigint"), timeout=180)
     worker.send_signal(signal.SIGINT)
     output, _ = worker.communicate(timeout=120)
     assert worker.returncode == 130, output
     assert "interrupted" in output and "leaderboard" in output
     trials = load(tuner_home, "sigint").trials
-    failed = [t for t in trials if t.number == victim.number][0]
+    failed = next(t for t in trials if t.number == victim.number)
     assert failed.state == TrialState.FAIL
     assert "interrupted" in failed.user_attrs["fail_reason"]
     waiting = [t for t in trials if t.state == TrialState.WAITING]
@@ -239,8 +273,10 @@ def test_ctrl_c_marks_the_trial_failed_and_queues_it_again(tuner_home, tmp_path)
 
 
 # Parallel and distributed workers --------------------------------------------------------------
-GRID4 = {"loss": {"type": "categorical", "choices": ["ce", "dice"]},
-         "lr": {"type": "categorical", "choices": [0.001, 0.003]}}  # fmt: skip
+GRID4 = {
+    "loss": {"type": "categorical", "choices": ["ce", "dice"]},
+    "lr": {"type": "categorical", "choices": [0.001, 0.003]},
+}
 
 
 def assert_grid_done_once(study: optuna.Study) -> None:
@@ -254,8 +290,9 @@ def assert_grid_done_once(study: optuna.Study) -> None:
 
 @pytest.mark.slow
 def test_two_local_workers_share_one_sqlite_study(tuner_home, tmp_path):
-    path = space_file(tmp_path, "jobs", GRID4, sampler={"name": "grid", "seed": 0}, trials=4,
-                      fixed={"epochs": 3})  # fmt: skip
+    path = space_file(
+        tmp_path, "jobs", GRID4, sampler={"name": "grid", "seed": 0}, trials=4, fixed={"epochs": 3}
+    )
     result = invoke("run", "--study", "jobs", "--space", str(path), "--jobs", "2", "--no-report")
     assert result.exit_code == 0, result.output
     workers = assert_grid_done_once(load(tuner_home, "jobs"))
@@ -266,10 +303,10 @@ def test_two_local_workers_share_one_sqlite_study(tuner_home, tmp_path):
 @pytest.mark.postgres
 def test_two_machines_share_a_postgres_study(postgres_url, tuner_home, tmp_path):
     name = f"pg{os.getpid()}"
-    path = space_file(tmp_path, name, GRID4, sampler={"name": "grid", "seed": 0}, trials=4,
-                      fixed={"epochs": 3})  # fmt: skip
-    args = ("run", "--study", name, "--space", str(path), "--storage", postgres_url,
-            "--no-report")  # fmt: skip
+    path = space_file(
+        tmp_path, name, GRID4, sampler={"name": "grid", "seed": 0}, trials=4, fixed={"epochs": 3}
+    )
+    args = ("run", "--study", name, "--space", str(path), "--storage", postgres_url, "--no-report")
     machines = [tuner_subprocess(*args, home=tuner_home) for _ in range(2)]
     outputs = [m.communicate(timeout=600)[0] for m in machines]
     assert [m.returncode for m in machines] == [0, 0], outputs
@@ -281,10 +318,16 @@ def test_two_machines_share_a_postgres_study(postgres_url, tuner_home, tmp_path)
 # Dashboard -------------------------------------------------------------------------------------
 def call_wsgi(app, path: str) -> tuple[str, bytes]:
     environ = {
-        "REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8080", "wsgi.url_scheme": "http",
-        "wsgi.input": BytesIO(b""), "wsgi.errors": sys.stderr, "SERVER_PROTOCOL": "HTTP/1.1",
-    }  # fmt: skip
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8080",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": BytesIO(b""),
+        "wsgi.errors": sys.stderr,
+        "SERVER_PROTOCOL": "HTTP/1.1",
+    }
     status = {}
 
     def start_response(code, headers, exc_info=None):
@@ -297,8 +340,13 @@ def call_wsgi(app, path: str) -> tuple[str, bytes]:
 def test_dashboard_lists_the_study_and_its_checkpoint(tuner_home, tmp_path):
     from tuner.dashboard import wsgi_app
 
-    path = space_file(tmp_path, "dash", {"loss": {"type": "categorical", "choices": ["ce"]}},
-                      trials=1, fixed={"epochs": 1})  # fmt: skip
+    path = space_file(
+        tmp_path,
+        "dash",
+        {"loss": {"type": "categorical", "choices": ["ce"]}},
+        trials=1,
+        fixed={"epochs": 1},
+    )
     assert invoke("run", "--study", "dash", "--space", str(path), "--no-report").exit_code == 0
     app = wsgi_app()
     code, body = call_wsgi(app, "/api/studies")

@@ -7,6 +7,7 @@ whose logits are averaged (mmsegmentation's `slide` mode).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -84,7 +85,5 @@ def evaluate(
 
 def _set_mode(model: nn.Module, training: bool) -> None:
     """train()/eval(), except on exported (quantized) graphs, whose mode is fixed at export."""
-    try:
+    with contextlib.suppress(NotImplementedError):
         model.train(training)
-    except NotImplementedError:
-        pass

@@ -300,8 +300,9 @@ def load_quantized(folder: str | Path):
         # INC restores only the quantized Linear layers into `original_model`; everything else
         # (convolutions, norms, position tables) comes from the same saved file, here.
         original = build_segmenter(config, pretrained=False).eval()
-        saved = torch.load(folder / MODEL_DIR / "quantized_weight.pt", map_location="cpu",
-                           weights_only=True)  # fmt: skip
+        saved = torch.load(
+            folder / MODEL_DIR / "quantized_weight.pt", map_location="cpu", weights_only=True
+        )
         own = original.state_dict()
         original.load_state_dict(
             {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}, strict=False
@@ -351,8 +352,16 @@ def quantize_checkpoint(
         fp32_file = Path(tmp) / "fp32_state_dict.pt"
         torch.save(fp32.state_dict(), fp32_file)
         log("measuring FP32 ...")
-        fp32_result = measure("fp32", maybe_compile(fp32), val_set, crop, latency_set, options,
-                              fp32_file.stat().st_size, options.compile)  # fmt: skip
+        fp32_result = measure(
+            "fp32",
+            maybe_compile(fp32),
+            val_set,
+            crop,
+            latency_set,
+            options,
+            fp32_file.stat().st_size,
+            options.compile,
+        )
 
         def miou_fn(model) -> float:
             return evaluate(model, val_set, crop, torch.device("cpu"))["miou"]
@@ -362,24 +371,33 @@ def quantize_checkpoint(
         for method in methods:
             log(f"quantizing: {method} ...")
             if options.method == "auto":
-                model, example = autotune_method(method, fp32, crop, windows, miou_fn,
-                                                 options.tolerance, fp32_result.miou)  # fmt: skip
+                model, example = autotune_method(
+                    method, fp32, crop, windows, miou_fn, options.tolerance, fp32_result.miou
+                )
             else:
                 model, example = quantize_model(method, fp32, crop, windows, options.backend)
             staging = Path(tmp) / method
             save_quantized(model, method, example, staging)
             # Weight-only layers recompile per module under torch.compile; measure them eager.
             compiled = options.compile and method != "weight_only"
-            variant = measure(f"int8 {method}", maybe_compile(model) if compiled else model,
-                              val_set, crop, latency_set, options,
-                              folder_size(staging / MODEL_DIR), compiled)  # fmt: skip
+            variant = measure(
+                f"int8 {method}",
+                maybe_compile(model) if compiled else model,
+                val_set,
+                crop,
+                latency_set,
+                options,
+                folder_size(staging / MODEL_DIR),
+                compiled,
+            )
             variant.passed = (fp32_result.miou - variant.miou) * 100 <= options.tolerance
             candidates.append(variant)
             models[variant.name] = (model, staging, method)
 
         chosen, reason = choose(fp32_result, candidates, options.tolerance)
-        report = QuantizeReport(chosen.name, fp32_result, candidates, options.tolerance, info,
-                                reason)  # fmt: skip
+        report = QuantizeReport(
+            chosen.name, fp32_result, candidates, options.tolerance, info, reason
+        )
         if not chosen.passed:
             raise QuantizationError(
                 f"mIoU drops {(fp32_result.miou - chosen.miou) * 100:.2f} points with "
@@ -388,8 +406,9 @@ def quantize_checkpoint(
                 "--method, more --calib images or a larger --tolerance."
             )
         model, staging, method = models[chosen.name]
-        report.reload_max_abs_diff = verify_reload(model, staging, method, config, latency_set[0],
-                                                   crop)  # fmt: skip
+        report.reload_max_abs_diff = verify_reload(
+            model, staging, method, config, latency_set[0], crop
+        )
         write_output(out_dir, staging, method, config, checkpoint, report)
     report.output_dir = str(out_dir)
     return report
@@ -448,8 +467,12 @@ def write_output(out_dir, staging, method, config, checkpoint, report) -> None:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     final = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     shutil.copytree(staging / MODEL_DIR, final / MODEL_DIR)
-    meta = {"method": method, "config": config.to_dict(), "source_checkpoint": str(checkpoint),
-            "report": report.to_dict()}  # fmt: skip
+    meta = {
+        "method": method,
+        "config": config.to_dict(),
+        "source_checkpoint": str(checkpoint),
+        "report": report.to_dict(),
+    }
     (final / META_FILE).write_text(json.dumps(meta, indent=2))
     (final / "comparison.json").write_text(json.dumps(report.to_dict(), indent=2))
     if out_dir.exists():
@@ -466,8 +489,17 @@ def archive(folder: Path) -> Path:
 
 
 def comparison_rows(report: QuantizeReport) -> tuple[list[list[Any]], list[str]]:
-    headers = ["model", "mIoU", "drop (pts)", "boundary F1", "latency ms", "vs FP32", "size MB",
-               "size vs FP32", "within tol."]  # fmt: skip
+    headers = [
+        "model",
+        "mIoU",
+        "drop (pts)",
+        "boundary F1",
+        "latency ms",
+        "vs FP32",
+        "size MB",
+        "size vs FP32",
+        "within tol.",
+    ]
     fp32 = report.fp32
     rows = []
     for v in [fp32, *report.candidates]:
