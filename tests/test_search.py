@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from io import BytesIO
 from pathlib import Path
 
 import optuna
@@ -16,6 +15,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from optuna.trial import TrialState
+from wsgi_client import call_wsgi
 
 from tuner.checkpoint import load_segmenter
 from tuner.cli import main
@@ -316,27 +316,6 @@ def test_two_machines_share_a_postgres_study(postgres_url, tuner_home, tmp_path)
 
 
 # Dashboard -------------------------------------------------------------------------------------
-def call_wsgi(app, path: str) -> tuple[str, bytes]:
-    environ = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "8080",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": BytesIO(b""),
-        "wsgi.errors": sys.stderr,
-        "SERVER_PROTOCOL": "HTTP/1.1",
-    }
-    status = {}
-
-    def start_response(code, headers, exc_info=None):
-        status["code"] = code
-
-    body = b"".join(app(environ, start_response))
-    return status["code"], body
-
-
 def test_dashboard_lists_the_study_and_its_checkpoint(tuner_home, tmp_path):
     from tuner.dashboard import wsgi_app
 

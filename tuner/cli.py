@@ -229,7 +229,11 @@ def run(
     if not no_report:
         from tuner.report import attach_to_dashboard
 
-        attach_to_dashboard(result)
+        count = attach_to_dashboard(result)
+        click.echo(
+            f"{count} figures attached to the study: `tuner dashboard` shows them; "
+            f"`tuner report --study {study}` writes the HTML report"
+        )
 
 
 def _print_leaderboard(study_name, storage_url, study=None) -> None:
@@ -353,3 +357,38 @@ def quantize(
     click.echo(f"\nchosen: {report.chosen} ({report.reason})")
     click.echo(f"saved to {report.output_dir} (comparison.json beside it)")
     click.echo(json_module.dumps({"cpu": report.cpu["isa"]}))
+
+
+# Report ----------------------------------------------------------------------------------------
+@main.command()
+@click.option("--study", required=True)
+@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(path_type=Path),
+    help="HTML file (default: studies/reports/NAME.html)",
+)
+@click.option(
+    "--png",
+    "png_dir",
+    type=click.Path(path_type=Path),
+    help="also export every figure as PNG (needs a system Chromium)",
+)
+@click.option("--no-dashboard", is_flag=True, help="do not attach the figures to the study")
+def report(study, storage, out_file, png_dir, no_dashboard) -> None:
+    """Write a self-contained HTML report of a study and attach its figures to the dashboard."""
+    from tuner.report import attach_to_dashboard, build_sections, export_png, render_html
+    from tuner.study import load_existing_study, open_storage
+
+    loaded = load_existing_study(study, open_storage(storage))
+    sections = build_sections(loaded)
+    out_file = out_file or paths.home() / "reports" / f"{study}.html"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(render_html(loaded, sections))
+    click.echo(f"report: {out_file}")
+    if not no_dashboard:
+        click.echo(f"{attach_to_dashboard(loaded, sections)} figures attached to the study")
+    if png_dir:
+        _, message = export_png(sections, png_dir)
+        click.echo(message)
