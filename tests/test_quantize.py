@@ -21,7 +21,7 @@ from tuner.quantize import (
     quantize_trial,
     save_quantized,
 )
-from tuner.study import load_existing_study, open_storage
+from tuner.study import fetch_checkpoint, load_existing_study, open_storage
 
 pytestmark = pytest.mark.slow
 FAST = QuantizeOptions(compile=False, calib=4, latency_images=1, latency_repeats=1)
@@ -143,3 +143,18 @@ def test_missing_study_trial_and_artifact_are_named(study_home):
                 quantize_trial("q", trial.number, FAST)
         finally:
             hidden.rename(artifact)
+
+
+def test_quantize_a_checkpoint_file_directly(study_home, tmp_path):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNER_HOME", str(study_home))
+        study = load_existing_study("q", open_storage(None))
+        checkpoint = fetch_checkpoint(study, study.best_trial, tmp_path / "best.pt")
+    data = next((study_home / "data").iterdir())
+    out = tmp_path / "woq"
+    args = ["--checkpoint", str(checkpoint), "--data", str(data), "--method", "weight_only"]
+    result = quantize_cli(study_home, *args, "--out", str(out))
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["chosen"] == "int8 weight_only"
+    assert report["candidates"][0]["size_bytes"] < report["fp32"]["size_bytes"]

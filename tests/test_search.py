@@ -212,29 +212,25 @@ def running_trial(home: Path, name: str):
     return trials[0] if trials and trials[0].intermediate_values else None
 
 
+LOSS_CHOICE = {"loss": {"type": "categorical", "choices": ["ce", "dice"]}}
+
+
+def start_slow_trial(name: str, home: Path, tmp_path: Path, trials: int):
+    """A `tuner run` subprocess whose first trial is running (and has reported an epoch)."""
+    path = space_file(tmp_path, name, LOSS_CHOICE, trials=trials, fixed=SLOW)
+    worker = tuner_subprocess(
+        "run", "--study", name, "--space", str(path), "--no-report", home=home
+    )
+    return worker, wait_for(lambda: running_trial(home, name), timeout=180)
+
+
 @pytest.mark.slow
 def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tuner_home, tmp_path):
-    path = space_file(
-        tmp_path,
-        "kill",
-        {"loss": {"type": "categorical", "choices": ["ce", "dice"]}},
-        trials=1,
-        fixed=SLOW,
-    )
-    worker = tuner_subprocess(
-        "run", "--study", "kill", "--space", str(path), "--no-report", home=tuner_home
-    )
-    victim = wait_for(lambda: running_trial(tuner_home, "kill"), timeout=180)
+    worker, victim = start_slow_trial("kill", tuner_home, tmp_path, trials=1)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=30)
     time.sleep(4)  # past the 3 s grace period: the heartbeat is stale
-    fast = space_file(
-        tmp_path,
-        "kill",
-        {"loss": {"type": "categorical", "choices": ["ce", "dice"]}},
-        trials=1,
-        fixed={"epochs": 1},
-    )
+    fast = space_file(tmp_path, "kill", LOSS_CHOICE, trials=1, fixed={"epochs": 1})
     result = invoke("run", "--study", "kill", "--space", str(fast), "--no-report")
     assert result.exit_code == 0, result.output
     trials = load(tuner_home, "kill").trials
@@ -248,18 +244,7 @@ def test_sigkilled_worker_trial_is_failed_and_retried_with_same_params(tuner_hom
 
 @pytest.mark.slow
 def test_ctrl_c_marks_the_trial_failed_and_queues_it_again(tuner_home, tmp_path):
-    path = space_file(
-        tmp_path,
-        "sigint",
-        {"loss": {"type": "categorical", "choices": ["ce", "dice"]}},
-        trials=2,
-        fixed=SLOW,
-        pruner={"name": "none"},
-    )
-    worker = tuner_subprocess(
-        "run", "--study", "sigint", "--space", str(path), "--no-report", home=tuner_home
-    )
-    victim = wait_for(lambda: running_trial(tuner_home, "sigint"), timeout=180)
+    worker, victim = start_slow_trial("sigint", tuner_home, tmp_path, trials=2)
     worker.send_signal(signal.SIGINT)
     output, _ = worker.communicate(timeout=120)
     assert worker.returncode == 130, output

@@ -30,6 +30,13 @@ def main() -> None:
     quantize the winner with Intel Neural Compressor."""
 
 
+STORAGE = click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+
+
+def data_option(help_text: str):
+    return click.option("--data", "data_root", type=click.Path(path_type=Path), help=help_text)
+
+
 # Data ----------------------------------------------------------------------------------------
 @main.group()
 def data() -> None:
@@ -91,12 +98,7 @@ def build_config(config_file: Path | None, **flags) -> TrainConfig:
 
 @main.command()
 @config_options
-@click.option(
-    "--data",
-    "data_root",
-    type=click.Path(path_type=Path),
-    help="Cityscapes root; default: the synthetic set under studies/data",
-)
+@data_option("Cityscapes root; default: the synthetic set under studies/data")
 @click.option(
     "--checkpoint",
     type=click.Path(path_type=Path),
@@ -176,9 +178,9 @@ def evaluate(checkpoint, data_root, split, out_dir, device) -> None:
 @click.option("--space", "space_file", type=click.Path(path_type=Path), help="search space YAML")
 @click.option("--trials", type=int, help="run N more trials (default: the space's total budget)")
 @click.option("--timeout", type=float, help="stop starting trials after S seconds")
-@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+@STORAGE
 @click.option("--artifacts", help="artifact folder or s3://bucket (default: studies/artifacts)")
-@click.option("--data", "data_root", type=click.Path(path_type=Path), help="Cityscapes root")
+@data_option("Cityscapes root (default: the embedded synthetic set)")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="official SAM .pth")
 @click.option("--jobs", default=1, show_default=True, help="worker processes on this machine")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="default: auto")
@@ -247,7 +249,7 @@ def _print_leaderboard(study_name, storage_url, study=None) -> None:
 
 
 @main.command()
-@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+@STORAGE
 @click.option("--artifacts", help="artifact folder (default: the one the study recorded)")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True)
@@ -259,7 +261,7 @@ def dashboard(storage, artifacts, host, port) -> None:
 
 
 @main.command()
-@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+@STORAGE
 def studies(storage) -> None:
     """List studies: trials by state and best values."""
     from tuner.study import list_studies
@@ -274,7 +276,7 @@ def studies(storage) -> None:
 
 @main.command()
 @click.option("--study", required=True)
-@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+@STORAGE
 def best(study, storage) -> None:
     """The best trial (or Pareto front): params, metrics and checkpoint."""
     from tuner.study import describe_best
@@ -286,14 +288,9 @@ def best(study, storage) -> None:
 @main.command()
 @click.argument("target", nargs=-1)
 @click.option("--study", help="study whose best trial (or trial N) to quantize")
-@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+@STORAGE
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="a sam-tuner checkpoint")
-@click.option(
-    "--data",
-    "data_root",
-    type=click.Path(path_type=Path),
-    help="Cityscapes root (default: the study's data)",
-)
+@data_option("Cityscapes root (default: the study's data)")
 @click.option(
     "--method",
     type=click.Choice(["static", "dynamic", "weight_only", "auto"]),
@@ -362,7 +359,7 @@ def quantize(
 # Report ----------------------------------------------------------------------------------------
 @main.command()
 @click.option("--study", required=True)
-@click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+@STORAGE
 @click.option(
     "--out",
     "out_file",

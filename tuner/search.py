@@ -99,6 +99,7 @@ def _worker_devices(device: str | None, jobs: int) -> list[str | None]:
 
 def run(options: RunOptions) -> optuna.Study:
     """Run the study to its budget (or timeout) and return it."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     plans = plan(options)
     if len(plans) == 1:
         run_worker(plans[0])

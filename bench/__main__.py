@@ -1,0 +1,31 @@
+"""python -m bench {train_step,overhead,pruning,quantize,data} [--quick] [--out FILE]"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+NAMES = ("train_step", "overhead", "pruning", "quantize", "data")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("name", choices=NAMES)
+    parser.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"bench.{args.name}")
+    result = {"benchmark": args.name, "quick": args.quick, **module.run(quick=args.quick)}
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

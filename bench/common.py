@@ -1,0 +1,58 @@
+"""Shared by the benchmarks: machine facts, timing, and a scratch TUNER_HOME."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from tuner.hardware import cpu_info, package_versions
+
+
+def machine() -> dict:
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpu": cpu_info(),
+        "threads": torch.get_num_threads(),
+        "versions": package_versions(),
+    }
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@contextlib.contextmanager
+def scratch_home() -> Iterator[Path]:
+    """A throwaway TUNER_HOME, so benchmarks never touch the user's studies."""
+    old = os.environ.get("TUNER_HOME")
+    with tempfile.TemporaryDirectory(prefix="tuner-bench-") as tmp:
+        os.environ["TUNER_HOME"] = tmp
+        try:
+            yield Path(tmp)
+        finally:
+            if old is None:
+                os.environ.pop("TUNER_HOME", None)
+            else:
+                os.environ["TUNER_HOME"] = old
+
+
+def peak_matmul_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """This CPU's achievable fp32 matmul rate, measured now, as the utilisation yardstick."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds = median_seconds(lambda: a @ b, repeats, warmup=2)
+    return 2 * size**3 / seconds / 1e9
