@@ -325,3 +325,21 @@ def test_dashboard_lists_the_study_and_its_checkpoint(tuner_home, tmp_path):
         app, f"/artifacts/{study_id}/{trial['trial_id']}/{artifact['artifact_id']}"
     )
     assert code.startswith("200") and len(body) > 1000
+
+
+def test_run_with_an_official_format_checkpoint_starts_every_trial_from_it(tuner_home, tmp_path):
+    import torch
+
+    from tuner.model.backbone import build_sam
+
+    weights = tmp_path / "sam_tiny_official_format.pth"
+    torch.save(build_sam("sam_tiny").state_dict(), weights)
+    path = space_file(
+        tmp_path, "ckpt", LOSS_CHOICE, trials=1, fixed={"epochs": 1, "model": "vit_b"}
+    )
+    args = ["run", "--study", "ckpt", "--space", str(path), "--checkpoint", str(weights)]
+    result = invoke(*args, "--no-report")
+    assert result.exit_code == 0, result.output
+    config = load(tuner_home, "ckpt").trials[0].user_attrs["config"]
+    assert config["model"] == "sam_tiny"  # the variant comes from the checkpoint's shapes
+    assert config["sam_checkpoint"] == str(weights)

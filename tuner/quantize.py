@@ -81,12 +81,24 @@ class QuantizeReport:
     tolerance: float
     cpu: dict[str, Any]
     reason: str
+    baselines: list[Variant] = field(default_factory=list)  # FP32 eager (and compiled)
     output_dir: str | None = None
     reload_max_abs_diff: float | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantizeReport:
+        """Back from JSON (a study's user attr, comparison.json)."""
+        variants = {k: data[k] for k in ("fp32", "candidates", "baselines")}
+        return cls(
+            **{k: v for k, v in data.items() if k not in variants},
+            fp32=Variant(**data["fp32"]),
+            candidates=[Variant(**v) for v in data["candidates"]],
+            baselines=[Variant(**v) for v in data.get("baselines", [])],
+        )
 
     @property
     def chosen_variant(self) -> Variant:
@@ -346,22 +358,39 @@ def quantize_checkpoint(
     ]
     if options.compile:
         _configure_inductor()
-    maybe_compile = torch.compile if options.compile else (lambda m: m)
 
     with tempfile.TemporaryDirectory() as tmp:
         fp32_file = Path(tmp) / "fp32_state_dict.pt"
         torch.save(fp32.state_dict(), fp32_file)
         log("measuring FP32 ...")
-        fp32_result = measure(
-            "fp32",
-            maybe_compile(fp32),
-            val_set,
-            crop,
-            latency_set,
-            options,
-            fp32_file.stat().st_size,
-            options.compile,
-        )
+        # FP32 eager always; FP32 compiled too when compiling, so that every INT8 model is
+        # compared with the FP32 model run the same way.
+        baselines = [
+            measure(
+                "fp32",
+                fp32,
+                val_set,
+                crop,
+                latency_set,
+                options,
+                fp32_file.stat().st_size,
+                compiled=False,
+            )
+        ]
+        if options.compile:
+            baselines.append(
+                measure(
+                    "fp32",
+                    torch.compile(fp32),
+                    val_set,
+                    crop,
+                    latency_set,
+                    options,
+                    fp32_file.stat().st_size,
+                    compiled=True,
+                )
+            )
+        fp32_result = min(baselines, key=lambda v: v.latency_ms)
 
         def miou_fn(model) -> float:
             return evaluate(model, val_set, crop, torch.device("cpu"))["miou"]
@@ -382,7 +411,7 @@ def quantize_checkpoint(
             compiled = options.compile and method != "weight_only"
             variant = measure(
                 f"int8 {method}",
-                maybe_compile(model) if compiled else model,
+                torch.compile(model) if compiled else model,
                 val_set,
                 crop,
                 latency_set,
@@ -396,7 +425,7 @@ def quantize_checkpoint(
 
         chosen, reason = choose(fp32_result, candidates, options.tolerance)
         report = QuantizeReport(
-            chosen.name, fp32_result, candidates, options.tolerance, info, reason
+            chosen.name, fp32_result, candidates, options.tolerance, info, reason, baselines
         )
         if not chosen.passed:
             raise QuantizationError(
@@ -491,28 +520,30 @@ def archive(folder: Path) -> Path:
 def comparison_rows(report: QuantizeReport) -> tuple[list[list[Any]], list[str]]:
     headers = [
         "model",
+        "run as",
         "mIoU",
         "drop (pts)",
         "boundary F1",
         "latency ms",
-        "vs FP32",
+        "speed vs FP32 (same run)",
         "size MB",
         "size vs FP32",
         "within tol.",
     ]
-    fp32 = report.fp32
     rows = []
-    for v in [fp32, *report.candidates]:
+    for v in [*(report.baselines or [report.fp32]), *report.candidates]:
+        same_mode = next((b for b in report.baselines if b.compiled == v.compiled), report.fp32)
         rows.append(
             [
                 v.name + (" (chosen)" if v.name == report.chosen else ""),
+                "compiled" if v.compiled else "eager",
                 v.miou,
-                (fp32.miou - v.miou) * 100,
+                (report.fp32.miou - v.miou) * 100,
                 v.boundary_f1,
                 round(v.latency_ms, 2),
-                f"{fp32.latency_ms / v.latency_ms:.2f}x speed",
+                f"{same_mode.latency_ms / v.latency_ms:.2f}x",
                 round(v.size_bytes / 1e6, 2),
-                f"{v.size_bytes / fp32.size_bytes:.0%}",
+                f"{v.size_bytes / report.fp32.size_bytes:.0%}",
                 "yes" if v.passed else "NO",
             ]
         )

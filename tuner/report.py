@@ -139,17 +139,9 @@ def quantization_table(study: optuna.Study) -> Section:
             SECTIONS["quantization"],
             note=f"not quantized yet: run `tuner quantize best --study {study.study_name}`",
         )
-    from tuner.quantize import QuantizeReport, Variant, comparison_rows
+    from tuner.quantize import QuantizeReport, comparison_rows
 
-    parsed = QuantizeReport(
-        chosen=report["chosen"],
-        fp32=Variant(**report["fp32"]),
-        candidates=[Variant(**v) for v in report["candidates"]],
-        tolerance=report["tolerance"],
-        cpu=report["cpu"],
-        reason=report["reason"],
-    )
-    rows, headers = comparison_rows(parsed)
+    rows, headers = comparison_rows(QuantizeReport.from_dict(report))
     columns = [[_cell(row[i]) for row in rows] for i in range(len(headers))]
     figure = go.Figure(go.Table(header={"values": headers}, cells={"values": columns}))
     figure.update_layout(height=120 + 40 * len(rows), margin={"t": 20, "b": 20})

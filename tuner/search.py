@@ -17,7 +17,9 @@ from pathlib import Path
 import optuna
 
 from tuner import paths
+from tuner.config import TrainConfig
 from tuner.hardware import cpu_count
+from tuner.model import resolve_model
 from tuner.objective import TrialRunner
 from tuner.space import SearchSpace, find_space, load_space
 from tuner.study import (
@@ -59,6 +61,7 @@ class WorkerPlan:
     index: int = 0
     device: str | None = None
     threads: int | None = None
+    model: str | None = None  # the variant of --checkpoint, read from its tensor shapes
 
 
 def load_run_space(options: RunOptions) -> SearchSpace:
@@ -81,8 +84,12 @@ def plan(options: RunOptions) -> list[WorkerPlan]:
     jobs = max(1, options.jobs)
     devices = _worker_devices(options.device, jobs)
     threads = options.threads or (max(1, cpu_count() // jobs) if jobs > 1 else None)
+    model = None
+    if options.checkpoint:
+        model = resolve_model(TrainConfig(sam_checkpoint=options.checkpoint)).model
     return [
-        WorkerPlan(options, space, data_root, budget, i, devices[i], threads) for i in range(jobs)
+        WorkerPlan(options, space, data_root, budget, i, devices[i], threads, model)
+        for i in range(jobs)
     ]
 
 
@@ -149,6 +156,7 @@ def run_worker(plan: WorkerPlan) -> None:
         k: v
         for k, v in {
             "sam_checkpoint": options.checkpoint,
+            "model": plan.model,
             "device": plan.device,
             "threads": plan.threads,
         }.items()

@@ -341,8 +341,11 @@ def describe_best(study_name: str, storage_url: str | None) -> str:
             "trainable_params",
             "device",
         ):
-            if key in attrs:
-                lines.append(f"  {key}: {attrs[key]}")
+            if key in attrs and key not in metrics:
+                value = attrs[key]
+                lines.append(
+                    f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"
+                )
         lines.append(f"  checkpoint: {checkpoint_location(study, trial)}")
     return "\n".join(lines)
 
