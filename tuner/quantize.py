@@ -92,7 +92,7 @@ class QuantizeReport:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizeReport:
         """Back from JSON (a study's user attr, comparison.json)."""
-        variants = {k: data[k] for k in ("fp32", "candidates", "baselines")}
+        variants = ("fp32", "candidates", "baselines")
         return cls(
             **{k: v for k, v in data.items() if k not in variants},
             fp32=Variant(**data["fp32"]),
