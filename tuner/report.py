@@ -91,10 +91,13 @@ def optuna_figures(study: optuna.Study) -> list[Section]:
 
 
 def loss_comparison(study: optuna.Study) -> Section:
-    """Val mIoU and boundary F1 per loss: the seed's question (which loss keeps edges sharp)."""
+    """Val mIoU and boundary F1 per loss: the seed's question (which loss keeps edges sharp).
+    Pruned trials stand apart ("ce, pruned"): their scores come from fewer epochs."""
     by_loss: dict[str, list[FrozenTrial]] = {}
     for trial in _finished(study):
         loss = trial.params.get("loss") or trial.user_attrs.get("config", {}).get("loss", "?")
+        if trial.state == TrialState.PRUNED:
+            loss = f"{loss}, pruned"
         by_loss.setdefault(loss, []).append(trial)
     figure = go.Figure()
     for metric, name in (("val_miou", "val mIoU"), ("val_boundary_f1", "boundary F1")):
