@@ -134,15 +134,11 @@ def open_study(
         existing = optuna.load_study(study_name=space.study, storage=storage)
     except KeyError:
         existing = None
-    if existing is not None and existing.directions != [
-        optuna.study.StudyDirection.MAXIMIZE
-        if d == "maximize"
-        else optuna.study.StudyDirection.MINIMIZE
-        for d in space.directions
-    ]:
+    existing_directions = [d.name.lower() for d in existing.directions] if existing else None
+    if existing_directions is not None and existing_directions != space.directions:
         raise UserError(
             f"study {space.study!r} exists with {len(existing.directions)} objective(s) "
-            f"{[d.name.lower() for d in existing.directions]}; {space.source} asks for "
+            f"{existing_directions}; {space.source} asks for "
             f"{space.directions}. Use another study name or storage."
         )
     study = optuna.create_study(
