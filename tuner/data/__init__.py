@@ -1,0 +1,1 @@
+"""Cityscapes data: the official layout, the label table, joint transforms, a synthetic set."""
