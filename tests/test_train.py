@@ -59,6 +59,7 @@ def test_micro_batches_accumulate_to_the_same_update(tiny_data, tiny_config):
         # Plain SGD: the update is the accumulated gradient itself (Adam's first step is
         # sign-like and would amplify float noise in near-zero gradients).
         trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)
+        trainer.scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda _: 1.0)
         images, labels = next(iter(trainer.epoch_batches(0)))
         trainer.train_step(images, labels, epoch=0)
         updated.append(torch.cat([p.detach().flatten() for p in trainer.model.parameters()]))
