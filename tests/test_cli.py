@@ -40,7 +40,7 @@ def test_train_with_defaults_uses_the_embedded_synthetic_set(tuner_home):
     result = CliRunner().invoke(main, ["train", "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "sam_tiny/conv" in result.output and "mean (mIoU / mBF1)" in result.output
-    data = next((tuner_home / "data").iterdir())
+    (data,) = (p for p in (tuner_home / "data").iterdir() if p.is_dir())
     assert len(CityscapesDataset(data, "train")) == 64
     assert (tuner_home / "runs" / "sam_tiny-conv-ce" / "best.pt").is_file()
 

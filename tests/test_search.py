@@ -126,7 +126,8 @@ def test_smoke_study_end_to_end_and_rerun(tuner_home):
     assert meta.metrics["val_miou"] == pytest.approx(best.value)
 
     out = invoke("studies").output
-    assert "smoke" in out and "3" in out
+    row = next(line.split() for line in out.splitlines() if line.startswith("smoke"))
+    assert row[1] == "3" and int(row[2]) + int(row[3]) == 3  # trials; complete + pruned
     out = invoke("best", "--study", "smoke").output
     assert f"trial {best.number}" in out and "checkpoint:" in out
 
@@ -343,3 +344,30 @@ def test_run_with_an_official_format_checkpoint_starts_every_trial_from_it(tuner
     config = load(tuner_home, "ckpt").trials[0].user_attrs["config"]
     assert config["model"] == "sam_tiny"  # the variant comes from the checkpoint's shapes
     assert config["sam_checkpoint"] == str(weights)
+
+
+def test_budget_counts_a_chain_of_retries_once(tmp_path):
+    from optuna.distributions import CategoricalDistribution
+
+    from tuner.study import counted_trials, requeue
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'chain.db'}")
+    dist = {"loss": CategoricalDistribution(["ce", "dice"])}
+    study.add_trial(
+        optuna.create_trial(state=TrialState.FAIL, params={"loss": "ce"}, distributions=dist)
+    )
+    requeue(study, study.trials[0], reason="killed")  # trial 1 retries 0
+    trial = study.ask()  # runs the queued retry ...
+    assert trial.number == 1
+    study.tell(trial, state=TrialState.FAIL)  # ... which fails too
+    requeue(study, study.trials[1], reason="killed")  # trial 2 retries 1 (history [0, 1])
+    assert study.trials[2].system_attrs["retry_history"] == [0, 1]
+    assert counted_trials(study) == 1  # only the pending retry uses the budget
+
+
+def test_sampler_seeds_differ_between_machines_but_repeat_on_one():
+    from tuner.search import sampler_seed
+
+    assert sampler_seed(0, 5, 0, machine_shared=False) == sampler_seed(0, 5, 0, False)
+    assert sampler_seed(0, 5, 0, False) != sampler_seed(0, 5, 1, False)  # local workers
+    assert sampler_seed(0, 5, 0, True) != sampler_seed(0, 5, 0, False)  # host and pid enter

@@ -8,7 +8,7 @@ import torch
 from tuner import losses
 from tuner.checkpoint import load_checkpoint, load_segmenter
 from tuner.data.cityscapes import CityscapesDataset
-from tuner.errors import CheckpointError
+from tuner.errors import CheckpointError, ConfigError
 from tuner.train import NonFiniteLossError, Trainer, fit, warmup_poly
 
 
@@ -55,7 +55,7 @@ def test_micro_batches_accumulate_to_the_same_update(tiny_data, tiny_config):
         config = tiny_config.replace(
             head="conv", batch_size=2, micro_batch_size=micro, grad_clip=None
         )
-        trainer = Trainer(config, train_set, val_set, out_dir=None)
+        trainer = Trainer(config, train_set, val_set)
         # Plain SGD: the update is the accumulated gradient itself (Adam's first step is
         # sign-like and would amplify float noise in near-zero gradients).
         trainer.optimizer = torch.optim.SGD(trainer.model.parameters(), lr=1.0)
@@ -147,5 +147,5 @@ def test_warmup_then_poly_schedule():
 
 
 def test_batch_larger_than_dataset_is_a_clear_error(tiny_data, tiny_config):
-    with pytest.raises(ValueError, match="batch_size=64 is larger than the training set"):
+    with pytest.raises(ConfigError, match="batch_size=64 is larger than the training set"):
         fit(tiny_config.replace(batch_size=64), *datasets(tiny_data), progress=False)

@@ -4,7 +4,6 @@ metrics they scored, written atomically and read with `weights_only=True`."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import torch
 
 from tuner.config import TrainConfig
 from tuner.errors import CheckpointError, ConfigError
+from tuner.fsutil import atomic_write
 from tuner.model import Segmenter, build_segmenter
 
 FORMAT = "sam-tuner/1"
@@ -27,21 +27,6 @@ class Checkpoint:
     metrics: dict[str, Any]
     epoch: int
     path: Path
-
-
-def atomic_write(path: Path, write) -> None:
-    """`write(tmp_path)`, then fsync and rename over `path`: a crash leaves the old file or the
-    new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_checkpoint(

@@ -231,7 +231,11 @@ def run(
     if not no_report:
         from tuner.report import attach_to_dashboard
 
-        count = attach_to_dashboard(result)
+        try:
+            count = attach_to_dashboard(result)
+        except Exception as exc:  # the study is done; a figure must not turn that into a failure
+            click.secho(f"figures not attached: {type(exc).__name__}: {exc}", fg="yellow")
+            return
         click.echo(
             f"{count} figures attached to the study: `tuner dashboard` shows them; "
             f"`tuner report --study {study}` writes the HTML report"
@@ -352,7 +356,7 @@ def quantize(
     rows, headers = comparison_rows(report)
     click.echo("\n" + table(rows, headers))
     click.echo(f"\nchosen: {report.chosen} ({report.reason})")
-    click.echo(f"saved to {report.output_dir} (comparison.json beside it)")
+    click.echo(f"saved to {report.output_dir} (with comparison.json)")
     click.echo(json_module.dumps({"cpu": report.cpu["isa"]}))
 
 
@@ -375,14 +379,14 @@ def quantize(
 @click.option("--no-dashboard", is_flag=True, help="do not attach the figures to the study")
 def report(study, storage, out_file, png_dir, no_dashboard) -> None:
     """Write a self-contained HTML report of a study and attach its figures to the dashboard."""
-    from tuner.report import attach_to_dashboard, build_sections, export_png, render_html
+    from tuner.report import attach_to_dashboard, build_sections, export_png, write_report
     from tuner.study import load_existing_study, open_storage
 
     loaded = load_existing_study(study, open_storage(storage))
     sections = build_sections(loaded)
-    out_file = out_file or paths.home() / "reports" / f"{study}.html"
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    out_file.write_text(render_html(loaded, sections))
+    out_file = write_report(
+        loaded, out_file or paths.home() / "reports" / f"{study}.html", sections
+    )
     click.echo(f"report: {out_file}")
     if not no_dashboard:
         click.echo(f"{attach_to_dashboard(loaded, sections)} figures attached to the study")

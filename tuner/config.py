@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import UnionType
@@ -17,6 +18,9 @@ from typing import Any, get_args, get_type_hints
 import yaml
 
 from tuner.errors import ConfigError
+
+# Metrics that can pick the best checkpoint: all are "higher is better".
+MONITORS = ("val_miou", "val_boundary_f1", "val_pixel_acc")
 
 
 @dataclass
@@ -150,6 +154,14 @@ class TrainConfig:
             fail("warmup_ratio", "a number in [0, 1)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             fail("device", "auto, cpu, cuda or cuda:N")
+        if self.monitor not in MONITORS:
+            fail("monitor", f"one of {', '.join(MONITORS)}")
+        for key in ("train_limit", "val_limit"):
+            if getattr(self, key) is not None and getattr(self, key) < 1:
+                fail(key, "an integer >= 1 or null")
+        for key in ("boundary_tolerance", "num_workers", "encoder_lr_mult", "weight_decay"):
+            if getattr(self, key) < 0:
+                fail(key, "a number >= 0")
 
 
 _TYPES = get_type_hints(TrainConfig)
@@ -188,13 +200,12 @@ def _strict(cast: type, value: Any) -> Any:
             raise TypeError
         return int(value)
     if cast is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise TypeError
-        if isinstance(value, str):
-            return float(value)  # YAML reads 3e-4 (no dot) as a string
-        if not isinstance(value, int | float):
-            raise TypeError
-        return float(value)
+        number = float(value)  # YAML reads 3e-4 (no dot) as a string
+        if not math.isfinite(number):
+            raise ValueError
+        return number
     if cast is str:
         if not isinstance(value, str):
             raise TypeError

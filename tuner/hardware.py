@@ -16,7 +16,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={name!r} was asked for, but no CUDA device is available")
+        from tuner.errors import UserError
+
+        raise UserError(f"device={name!r} was asked for, but no CUDA device is available")
     return torch.device(name)
 
 

@@ -27,29 +27,40 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
     return [*starts, length - window]
 
 
+def pad_to_crop(images: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
+    """Pad (..., H, W) on the bottom and right up to the crop size (0 = the mean colour)."""
+    pad_h, pad_w = max(crop[0] - images.shape[-2], 0), max(crop[1] - images.shape[-1], 0)
+    return F.pad(images, (0, pad_w, 0, pad_h), value=0.0) if pad_h or pad_w else images
+
+
+def windows(height: int, width: int, crop: tuple[int, int], overlap: float = 1 / 3):
+    """(top, left) of crop-sized windows covering a padded image, `overlap` apart."""
+    ch, cw = crop
+    stride_h, stride_w = max(1, int(ch * (1 - overlap))), max(1, int(cw * (1 - overlap)))
+    for top in window_starts(height, ch, stride_h):
+        for left in window_starts(width, cw, stride_w):
+            yield top, left
+
+
 @torch.no_grad()
 def predict_logits(
     model: nn.Module, images: torch.Tensor, crop: tuple[int, int], overlap: float = 1 / 3
 ) -> torch.Tensor:
     """(B, 3, H, W) normalised images -> (B, K, H, W) float logits."""
-    _, _, height, width = images.shape
-    ch, cw = crop
-    pad_h, pad_w = max(ch - height, 0), max(cw - width, 0)
-    if pad_h or pad_w:
-        images = F.pad(images, (0, pad_w, 0, pad_h), value=0.0)
+    height, width = images.shape[-2:]
+    images = pad_to_crop(images, crop)
     full_h, full_w = images.shape[-2:]
-    stride_h, stride_w = max(1, int(ch * (1 - overlap))), max(1, int(cw * (1 - overlap)))
+    ch, cw = crop
     logits = counts = None
-    for top in window_starts(full_h, ch, stride_h):
-        for left in window_starts(full_w, cw, stride_w):
-            window = images[:, :, top : top + ch, left : left + cw]
-            with autocast(images.device):
-                out = model(window).float()
-            if logits is None:
-                logits = out.new_zeros((out.shape[0], out.shape[1], full_h, full_w))
-                counts = out.new_zeros((1, 1, full_h, full_w))
-            logits[:, :, top : top + ch, left : left + cw] += out
-            counts[:, :, top : top + ch, left : left + cw] += 1
+    for top, left in windows(full_h, full_w, crop, overlap):
+        window = images[:, :, top : top + ch, left : left + cw]
+        with autocast(images.device):
+            out = model(window).float()
+        if logits is None:
+            logits = out.new_zeros((out.shape[0], out.shape[1], full_h, full_w))
+            counts = out.new_zeros((1, 1, full_h, full_w))
+        logits[:, :, top : top + ch, left : left + cw] += out
+        counts[:, :, top : top + ch, left : left + cw] += 1
     return (logits / counts)[:, :, :height, :width]
 
 

@@ -83,9 +83,6 @@ class SegmentationMetrics:
             "per_class_iou": _as_list(iou),
             "per_class_boundary_f1": _as_list(f1),
         }
-
-    def reset(self) -> None:
-        self.confusion.zero_()
         self.boundary.zero_()
 
 

@@ -23,6 +23,7 @@ from tuner.checkpoint import CHECKPOINT_NAME, CONFIG_NAME
 from tuner.data.cityscapes import CityscapesDataset
 from tuner.hardware import device_description, package_versions
 from tuner.space import SearchSpace
+from tuner.tables import short
 from tuner.train import fit
 
 ATTR_CHECKPOINT = "checkpoint_artifact_id"
@@ -46,7 +47,9 @@ class TrialReporter:
         value = metrics[self.space.objectives[0].metric]
         if math.isnan(value):
             return False
-        self.trial.report(value, step=epoch)
+        # Steps are 1-based epochs, so a pruner's n_warmup_steps / min_resource / max_resource
+        # count epochs as the space file writes them.
+        self.trial.report(value, step=epoch + 1)
         if self.trial.should_prune():
             self.log(f"pruned after epoch {epoch + 1}")
             return True
@@ -80,8 +83,9 @@ class TrialRunner:
         retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         if retried is not None:
             trial.set_user_attr("retry_of", retried)
-        changed = ", ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
-        self.log(trial.number, f"start: {changed}" + (f" (retry of {retried})" if retried else ""))
+        changed = ", ".join(f"{k}={short(v)}" for k, v in trial.params.items())
+        retry = f" (retry of {retried})" if retried is not None else ""
+        self.log(trial.number, f"start: {changed}{retry}")
         work = Path(tempfile.mkdtemp(prefix=f"trial-{trial.number}-", dir=self.work_dir))
         try:
             summary = fit(
@@ -153,7 +157,3 @@ def _torch_device(name: str):
     import torch
 
     return torch.device(name)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)

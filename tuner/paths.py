@@ -31,5 +31,5 @@ def runs_dir() -> Path:
 def synthetic_data(spec: synth.SynthSpec | None = None, progress: bool = True) -> Path:
     """The embedded default dataset, built once per spec under <home>/data."""
     spec = spec or synth.SynthSpec()
-    name = f"synth-{spec.train}x{spec.val}-{spec.height}x{spec.width}-s{spec.seed}"
+    name = f"synth-{spec.train}x{spec.val}x{spec.test}-{spec.height}x{spec.width}-s{spec.seed}"
     return synth.ensure(home() / "data" / name, spec, progress=progress)

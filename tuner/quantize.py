@@ -33,12 +33,14 @@ import torch
 
 from tuner.config import TrainConfig
 from tuner.errors import UserError
+from tuner.fsutil import replace_dir, staging_dir
 from tuner.hardware import cpu_info, isa_summary
-from tuner.inference import evaluate, predict_logits, window_starts
+from tuner.inference import evaluate, pad_to_crop, predict_logits, windows
 
 METHODS = ("static", "dynamic", "weight_only")
 MODEL_DIR = "model"
 META_FILE = "quantization.json"
+COMPARISON_FILE = "comparison.json"
 
 
 class QuantizationError(UserError):
@@ -145,18 +147,12 @@ def calibration_windows(dataset, crop: tuple[int, int], count: int) -> list[torc
     """Crop-sized windows from the first `count` images, as the model sees them at inference."""
     from tuner.data.transforms import image_tensor, normalize
 
-    windows = []
+    out = []
     for index in range(min(count, len(dataset))):
-        image = normalize(image_tensor(dataset.image(index)))
-        _, height, width = image.shape
-        ch, cw = crop
-        if height < ch or width < cw:
-            image = torch.nn.functional.pad(image, (0, max(cw - width, 0), 0, max(ch - height, 0)))
-            height, width = image.shape[1:]
-        for top in window_starts(height, ch, max(1, int(ch * 2 / 3))):
-            for left in window_starts(width, cw, max(1, int(cw * 2 / 3))):
-                windows.append(image[:, top : top + ch, left : left + cw])
-    return windows
+        image = pad_to_crop(normalize(image_tensor(dataset.image(index))), crop)
+        for top, left in windows(image.shape[1], image.shape[2], crop):
+            out.append(image[:, top : top + crop[0], left : left + crop[1]])
+    return out
 
 
 # Quantizers ---------------------------------------------------------------------------------
@@ -239,7 +235,9 @@ def autotune_method(method, fp32, crop, windows, miou_fn, tolerance_points, base
     from neural_compressor.torch.quantization import TuningConfig, autotune
 
     relative = (tolerance_points / 100) / max(baseline_miou, 1e-6)
-    tuning = TuningConfig(config_set=[quant_config(method)], tolerable_loss=relative)
+    # max_trials=1: INC then returns the candidate even when it misses the tolerance (with the
+    # default of 100 it returns None); the gate below decides with our own measurement.
+    tuning = TuningConfig(config_set=[quant_config(method)], tolerable_loss=relative, max_trials=1)
 
     def run_fn(model):
         _calibrate(model, windows if method == "static" else windows[:2])
@@ -271,16 +269,16 @@ def folder_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def measure(name, model, val_set, crop, latency_set, options, size_bytes, compiled) -> Variant:
-    metrics = evaluate(model, val_set, crop, torch.device("cpu"))
-    latency = median_latency_ms(model, latency_set, crop, options.latency_repeats)
+def measure(name, model, val_set, crop, latency_set, repeats, size_bytes, compiled, tolerance):
+    """One row of the comparison: accuracy on `val_set`, latency on `latency_set`."""
+    metrics = evaluate(model, val_set, crop, torch.device("cpu"), boundary_tolerance=tolerance)
     return Variant(
         name=name,
         miou=metrics["miou"],
         boundary_f1=metrics["boundary_f1"],
         pixel_acc=metrics["pixel_acc"],
         per_class_iou=metrics["per_class_iou"],
-        latency_ms=latency,
+        latency_ms=median_latency_ms(model, latency_set, crop, repeats),
         size_bytes=size_bytes,
         compiled=compiled,
     )
@@ -336,8 +334,8 @@ def quantize_checkpoint(
     from tuner.data.transforms import image_tensor, normalize
 
     _quiet_inc()
-    if options.method not in (*METHODS, "auto"):
-        raise UserError(f"unknown method {options.method!r}; expected {', '.join(METHODS)}, auto")
+    if options.calib < 1:
+        raise UserError(f"--calib {options.calib}: at least one calibration image is needed")
     usable, ipex_line = ipex_status()
     if options.backend == "ipex":
         if not usable:
@@ -363,33 +361,26 @@ def quantize_checkpoint(
         fp32_file = Path(tmp) / "fp32_state_dict.pt"
         torch.save(fp32.state_dict(), fp32_file)
         log("measuring FP32 ...")
-        # FP32 eager always; FP32 compiled too when compiling, so that every INT8 model is
-        # compared with the FP32 model run the same way.
-        baselines = [
-            measure(
-                "fp32",
-                fp32,
+
+        def row(name: str, model, size_bytes: int, compiled: bool) -> Variant:
+            return measure(
+                name,
+                model,
                 val_set,
                 crop,
                 latency_set,
-                options,
-                fp32_file.stat().st_size,
-                compiled=False,
+                options.latency_repeats,
+                size_bytes,
+                compiled,
+                config.boundary_tolerance,
             )
-        ]
+
+        # FP32 eager always; FP32 compiled too when compiling, so that every INT8 model is
+        # compared with the FP32 model run the same way.
+        fp32_size = fp32_file.stat().st_size
+        baselines = [row("fp32", fp32, fp32_size, compiled=False)]
         if options.compile:
-            baselines.append(
-                measure(
-                    "fp32",
-                    torch.compile(fp32),
-                    val_set,
-                    crop,
-                    latency_set,
-                    options,
-                    fp32_file.stat().st_size,
-                    compiled=True,
-                )
-            )
+            baselines.append(row("fp32", torch.compile(fp32), fp32_size, compiled=True))
         fp32_result = min(baselines, key=lambda v: v.latency_ms)
 
         def miou_fn(model) -> float:
@@ -403,19 +394,17 @@ def quantize_checkpoint(
                 model, example = autotune_method(
                     method, fp32, crop, windows, miou_fn, options.tolerance, fp32_result.miou
                 )
+                if model is None:
+                    raise UserError(f"INC autotune returned no model for method {method}")
             else:
                 model, example = quantize_model(method, fp32, crop, windows, options.backend)
             staging = Path(tmp) / method
             save_quantized(model, method, example, staging)
             # Weight-only layers recompile per module under torch.compile; measure them eager.
             compiled = options.compile and method != "weight_only"
-            variant = measure(
+            variant = row(
                 f"int8 {method}",
                 torch.compile(model) if compiled else model,
-                val_set,
-                crop,
-                latency_set,
-                options,
                 folder_size(staging / MODEL_DIR),
                 compiled,
             )
@@ -438,8 +427,8 @@ def quantize_checkpoint(
         report.reload_max_abs_diff = verify_reload(
             model, staging, method, config, latency_set[0], crop
         )
+        report.output_dir = str(out_dir)
         write_output(out_dir, staging, method, config, checkpoint, report)
-    report.output_dir = str(out_dir)
     return report
 
 
@@ -493,25 +482,30 @@ def load_quantized_staging(staging: Path, method: str, config: TrainConfig):
 def write_output(out_dir, staging, method, config, checkpoint, report) -> None:
     """Replace `out_dir` only now that the model passed: the old one survives any failure."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    final = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    shutil.copytree(staging / MODEL_DIR, final / MODEL_DIR)
-    meta = {
-        "method": method,
-        "config": config.to_dict(),
-        "source_checkpoint": str(checkpoint),
-        "report": report.to_dict(),
-    }
-    (final / META_FILE).write_text(json.dumps(meta, indent=2))
-    (final / "comparison.json").write_text(json.dumps(report.to_dict(), indent=2))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    final.rename(out_dir)
+    final = staging_dir(out_dir)
+    try:
+        shutil.copytree(staging / MODEL_DIR, final / MODEL_DIR)
+        meta = {
+            "method": method,
+            "config": config.to_dict(),
+            "source_checkpoint": str(checkpoint),
+            "report": report.to_dict(),
+        }
+        (final / META_FILE).write_text(json.dumps(meta, indent=2))
+        write_comparison(final, report)
+        replace_dir(final, out_dir)
+    finally:
+        if final.exists():
+            shutil.rmtree(final, ignore_errors=True)
+
+
+def write_comparison(folder: Path, report: QuantizeReport) -> None:
+    (folder / COMPARISON_FILE).write_text(json.dumps(report.to_dict(), indent=2))
 
 
 def archive(folder: Path) -> Path:
     """A .tar.gz of a quantized model folder, for the study's artifact store."""
-    target = folder.with_suffix(".tar.gz")
+    target = folder.with_name(folder.name + ".tar.gz")
     with tarfile.open(target, "w:gz") as tar:
         tar.add(folder, arcname=folder.name)
     return target
@@ -592,10 +586,13 @@ def quantize_trial(
         log(f"study {study_name!r}, trial {trial.number}: {trial.params}")
         report = quantize_checkpoint(checkpoint, Path(data_root), out_dir, options, log)
     packed = archive(Path(out_dir))
-    artifact_id = upload_artifact(
-        artifact_store=artifact_store_for(study), file_path=str(packed), study_or_trial=study
-    )
-    packed.unlink()
+    try:
+        artifact_id = upload_artifact(
+            artifact_store=artifact_store_for(study), file_path=str(packed), study_or_trial=study
+        )
+    finally:
+        packed.unlink()
     report.extras = {"trial": trial.number, "artifact_id": artifact_id}
+    write_comparison(Path(out_dir), report)
     study.set_user_attr("quantization", report.to_dict())
     return report

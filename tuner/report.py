@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 from PIL import Image
 
 from tuner.data.labels import CLASS_NAMES
+from tuner.study import metric_names, state_counts
 
 SECTIONS = {
     "history": "Optimization history",
@@ -52,10 +53,6 @@ def _finished(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False, states=states) if t.user_attrs]
 
 
-def _metric_names(study: optuna.Study) -> list[str]:
-    return study.metric_names or ["value"] * len(study.directions)
-
-
 def _trial_label(trial: FrozenTrial) -> str:
     config = trial.user_attrs.get("config", {})
     parts = [
@@ -68,7 +65,7 @@ def _trial_label(trial: FrozenTrial) -> str:
 def optuna_figures(study: optuna.Study) -> list[Section]:
     """Optuna's plotly visualizations; each section says why when it cannot be drawn yet."""
     vis = optuna.visualization
-    names = _metric_names(study)
+    names = metric_names(study)
     multi = len(study.directions) > 1
     target = {"target": (lambda t: t.values[0]), "target_name": names[0]} if multi else {}
     makers = {
@@ -181,13 +178,13 @@ def prediction_grid(study: optuna.Study, count: int = 4) -> Section:
             note="the study does not record its dataset (run it again with tuner run)",
         )
     trial = best[0]
-    try:
+    try:  # the checkpoint or the data may live on another machine
         with tempfile.TemporaryDirectory() as tmp:
             model, ckpt = load_segmenter(fetch_checkpoint(study, trial, Path(tmp) / "best.pt"))
+        val = CityscapesDataset(data_root, "val", limit=count)
     except UserError as exc:
         return Section("predictions", SECTIONS["predictions"], note=str(exc))
     predictor = Predictor(model, ckpt.config.image_size, next(model.parameters()).device)
-    val = CityscapesDataset(data_root, "val", limit=count)
     rows = []
     for index in range(len(val)):
         image, truth = val[index]
@@ -245,10 +242,8 @@ def render_html(study: optuna.Study, sections: list[Section]) -> str:
             f'<section id="{section.key}"><h2>{html.escape(section.title)}</h2>'
             f"{note}{body}</section>"
         )
-    counts: dict[str, int] = {}
-    for trial in study.get_trials(deepcopy=False):
-        counts[trial.state.name.lower()] = counts.get(trial.state.name.lower(), 0) + 1
-    summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+    counts = state_counts(study.get_trials(deepcopy=False))
+    summary = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
     title = f"Study {html.escape(study.study_name)}"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
@@ -258,15 +253,15 @@ section {{ margin: 2.5rem 0; }} h2 {{ border-bottom: 1px solid #ddd; padding-bot
 .note {{ color: #666; }}
 </style></head>
 <body><h1>{title}</h1>
-<p>{summary}; objectives: {html.escape(", ".join(_metric_names(study)))}.</p>
+<p>{summary}; objectives: {html.escape(", ".join(metric_names(study)))}.</p>
 {"".join(parts)}
 </body></html>
 """
 
 
-def write_report(study: optuna.Study, out: Path, predictions: bool = True) -> Path:
+def write_report(study: optuna.Study, out: Path, sections: list[Section] | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(study, build_sections(study, predictions)))
+    out.write_text(render_html(study, sections if sections is not None else build_sections(study)))
     return out
 
 

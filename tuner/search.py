@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing as mp
+import os
+import socket
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import optuna
 
 from tuner import paths
 from tuner.config import TrainConfig
+from tuner.errors import UserError
 from tuner.hardware import cpu_count
 from tuner.model import resolve_model
 from tuner.objective import TrialRunner
@@ -128,9 +132,9 @@ def _run_processes(plans: list[WorkerPlan]) -> None:
         for worker in workers:
             worker.join(timeout=60)
         raise
-    failed = [w.name for w in workers if w.exitcode not in (0, None)]
+    failed = [f"{w.name} (status {w.exitcode})" for w in workers if w.exitcode != 0]
     if failed:
-        print(f"workers {', '.join(failed)} exited with errors (see above)")
+        raise UserError(f"workers {', '.join(failed)} failed; their output is above")
 
 
 def run_worker(plan: WorkerPlan) -> None:
@@ -140,7 +144,7 @@ def run_worker(plan: WorkerPlan) -> None:
     study = open_study(space, storage, options.artifacts)
     # A distinct, reproducible sampler seed per worker and per resume point, so that workers
     # and reruns do not replay the same random draws (duplicate trials).
-    study.sampler = _reseeded_sampler(space, study, plan.index)
+    study.sampler = _reseeded_sampler(space, study, plan.index, options.storage)
     prefix = f"[w{plan.index}] " if options.jobs > 1 else ""
     # Trials whose worker died (no heartbeat within the grace period) are failed and re-queued
     # now, before the budget is counted; Optuna also does this before every new trial.
@@ -190,13 +194,25 @@ def run_worker(plan: WorkerPlan) -> None:
         raise
 
 
-def _reseeded_sampler(space: SearchSpace, study: optuna.Study, index: int):
+def sampler_seed(base: int, trials_so_far: int, index: int, machine_shared: bool) -> int:
+    """Reproducible for one machine (same history, same worker -> same seed); on a storage other
+    machines may share (not SQLite), the host and process enter too, so that machines started
+    together do not draw the same configurations."""
+    seed = base + 7919 * index + trials_so_far
+    if machine_shared:
+        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    return seed % 2**32
+
+
+def _reseeded_sampler(space: SearchSpace, study: optuna.Study, index: int, storage_url):
     from tuner.study import SEEDED, make_sampler
 
     # The grid sampler's seed fixes the order of the grid, which all workers must share.
     name = space.sampler["name"]
     if name == "grid" or name not in SEEDED or space.sampler.get("seed", 0) is None:
         return make_sampler(space)
-    offset = 7919 * index + len(study.get_trials(deepcopy=False))
-    seed = int(space.sampler.get("seed", 0)) + offset
+    shared = storage_url is not None and not storage_url.startswith("sqlite")
+    seed = sampler_seed(
+        int(space.sampler.get("seed", 0)), len(study.get_trials(deepcopy=False)), index, shared
+    )
     return make_sampler(dataclasses.replace(space, sampler={**space.sampler, "seed": seed}))

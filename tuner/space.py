@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from tuner.config import TrainConfig, coerce_field
+from tuner.config import MONITORS, TrainConfig, coerce_field
 from tuner.data.synth import SynthSpec
 from tuner.errors import ConfigError
 
@@ -129,12 +129,12 @@ class SearchSpace:
             return math.prod(len(v) for v in self.grid().values())
         return None
 
-    def base_config(self, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        return TrainConfig.from_dict({**self.fixed, **(overrides or {})}, source=self.source)
-
     def sample(self, trial, overrides: dict[str, Any] | None = None) -> TrainConfig:
         """The trial's TrainConfig: fixed values, then sampled params, then run overrides."""
         values = dict(self.fixed)
+        if "monitor" not in values and self.objectives[0].metric in MONITORS:
+            # The checkpoint (and so the trial's value) is the best epoch by the objective.
+            values["monitor"] = self.objectives[0].metric
         for param in self.params:
             values[param.name] = param.suggest(trial)
         values.update(overrides or {})
@@ -178,7 +178,7 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
     objectives = _objectives(raw, source)
     sampler = _component(raw.get("sampler") or {"name": "tpe"}, "sampler", source)
     pruner = _component(raw.get("pruner") or {"name": "median"}, "pruner", source)
-    if len(objectives) > 1 and sampler["name"] in ("cmaes", "gp_single"):
+    if len(objectives) > 1 and sampler["name"] == "cmaes":
         raise ConfigError(f"{source}: sampler.name={sampler['name']}: single-objective only")
     trials = raw.get("trials")
     if trials is not None and (
@@ -338,24 +338,27 @@ def _dataclass_section(raw: dict, key: str, cls, source: str):
         raise ConfigError(f"{source}: {key}: expected a mapping")
     names = {f for f in inspect.signature(cls).parameters}
     _no_unknown(section, names, source, f"{key}.")
+    may_be_zero = {"max_retry", "test", "seed"}
     for name, value in section.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{source}: {key}.{name}={value!r}: expected a non-negative integer")
+        low = 0 if name in may_be_zero else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{source}: {key}.{name}={value!r}: expected an integer >= {low}")
     return cls(**section)
 
 
 def _check_choices_build(space: SearchSpace) -> None:
     """Every categorical choice (loss, head, model names...) and every range end must give a
-    valid TrainConfig with the fixed values, so a typo fails now rather than in trial 17."""
+    valid TrainConfig with the fixed values, so a typo fails now rather than in trial 17.
+    Each value is checked once on its own, then a bounded sample of combinations (some are
+    only invalid together, e.g. freeze_depth with a smaller model)."""
     options = []
     for p in space.params:
         values = p.choices if p.kind == "categorical" else (p.low, p.high)
+        for value in values:
+            try:
+                TrainConfig.from_dict({**space.fixed, p.name: value}, source=space.source)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (params.{p.name})") from None
         options.append([(p.name, v) for v in values])
     for combo in itertools.islice(itertools.product(*options), 512):
-        for name, value in combo:
-            try:
-                TrainConfig.from_dict({**space.fixed, name: value}, source=space.source)
-            except ConfigError as exc:
-                raise ConfigError(f"{exc} (params.{name})") from None
-        values = {**space.fixed, **dict(combo)}
-        TrainConfig.from_dict(values, source=space.source)
+        TrainConfig.from_dict({**space.fixed, **dict(combo)}, source=space.source)

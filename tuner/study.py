@@ -6,6 +6,7 @@ uses. Training lives in `tuner.train`; `tuner.objective` joins the two.
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner import paths
 from tuner.errors import StudyError, UserError
 from tuner.space import FaultTolerance, SearchSpace
+from tuner.tables import short
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -88,15 +90,21 @@ def open_storage(url: str | None = None, fault: FaultTolerance | None = None) ->
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-    except ImportError as exc:
-        raise UserError(
-            f"storage {redact(url)}: missing database driver ({exc}); for PostgreSQL "
-            "install the extra: pip install 'sam-tuner[postgres]'"
-        ) from None
-    except Exception as exc:
-        raise UserError(f"storage {redact(url)}: cannot open: {exc}") from None
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except ImportError as exc:
+            raise UserError(
+                f"storage {redact(url)}: missing database driver ({exc}); for PostgreSQL "
+                "install the extra: pip install 'sam-tuner[postgres]'"
+            ) from None
+        except Exception as exc:
+            # Machines starting together on a fresh database race to create Optuna's tables;
+            # the loser sees "already exists" and succeeds on the next try.
+            if attempt == 2:
+                raise UserError(f"storage {redact(url)}: cannot open: {exc}") from None
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def redact(url: str) -> str:
@@ -129,7 +137,8 @@ def open_artifact_store(location: str | Path | None = None):
 def open_study(
     space: SearchSpace, storage: BaseStorage, artifacts: str | Path | None = None
 ) -> optuna.Study:
-    """Create the study, or load it if it exists (the same space must still describe it)."""
+    """Create the study, or load it if it exists. Its objectives must not change; a changed
+    space is allowed (to add choices, say) but said, because old and new trials then mix."""
     try:
         existing = optuna.load_study(study_name=space.study, storage=storage)
     except KeyError:
@@ -149,12 +158,15 @@ def open_study(
         directions=space.directions,
         load_if_exists=True,
     )
+    text = Path(space.source).read_text() if Path(space.source).is_file() else space.source
     if existing is None:
-        study.set_user_attr(
-            ATTR_SPACE,
-            Path(space.source).read_text() if Path(space.source).is_file() else space.source,
-        )
+        study.set_user_attr(ATTR_SPACE, text)
         study.set_metric_names(space.metric_names)
+    elif existing.user_attrs.get(ATTR_SPACE) not in (None, text):
+        print(
+            f"note: {space.source} differs from the space study {space.study!r} was created "
+            "with; earlier and new trials mix"
+        )
     if artifacts is not None or ATTR_ARTIFACTS not in study.user_attrs:
         location = str(artifacts or paths.default_artifact_dir())
         if "://" not in location:
@@ -182,7 +194,8 @@ def counted_trials(study: optuna.Study) -> int:
     """Trials that use the budget: all of them, except failures that were re-queued (a killed
     or interrupted trial is retried with the same params, and only the retry counts)."""
     trials = study.get_trials(deepcopy=False)
-    retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
+    # retry_history holds every ancestor (0 -> 1 -> 2 gives [0, 1]), not just the first.
+    retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
     return sum(1 for t in trials if not (t.state == TrialState.FAIL and t.number in retried))
 
 
@@ -226,6 +239,10 @@ def requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
 
 
 # Inspection ------------------------------------------------------------------------------------
+def metric_names(study: optuna.Study) -> list[str]:
+    return study.metric_names or ["value"] * len(study.directions)
+
+
 def best_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The best trial, or the Pareto front of a multi-objective study."""
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
@@ -259,7 +276,7 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def leaderboard_rows(study: optuna.Study, limit: int = 20) -> tuple[list[list[Any]], list[str]]:
-    metrics = study.metric_names or ["value"] * len(study.directions)
+    metrics = metric_names(study)
     param_names = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
     headers = ["#", "state", *metrics, "boundary F1", "epochs", "seconds", *param_names]
     rows = []
@@ -273,14 +290,10 @@ def leaderboard_rows(study: optuna.Study, limit: int = 20) -> tuple[list[list[An
                 t.user_attrs.get("val_boundary_f1"),
                 len(t.user_attrs.get("epoch_seconds", [])) or None,
                 round(t.duration.total_seconds()) if t.duration else None,
-                *[_short(t.params.get(p)) for p in param_names],
+                *[short(t.params.get(p)) for p in param_names],
             ]
         )
     return rows, headers
-
-
-def _short(value: Any) -> Any:
-    return f"{value:.3g}" if isinstance(value, float) else value
 
 
 def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -321,7 +334,7 @@ def describe_best(study_name: str, storage_url: str | None) -> str:
     best = best_trials(study)
     if not best:
         raise StudyError(f"study {study_name!r} has no completed trial yet")
-    metrics = study.metric_names or ["value"] * len(study.directions)
+    metrics = metric_names(study)
     lines = []
     for trial in best:
         lines.append(f"trial {trial.number} of study {study_name!r}")

@@ -16,6 +16,11 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def short(value: Any) -> Any:
+    """Parameters in tables and log lines: 3 significant digits for floats."""
+    return f"{value:.3g}" if isinstance(value, float) else value
+
+
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     cells = [[str(h) for h in headers]] + [[fmt(v) for v in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]

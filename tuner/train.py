@@ -20,13 +20,14 @@ from tqdm import tqdm
 from tuner.checkpoint import save_checkpoint
 from tuner.config import FitSummary, TrainConfig
 from tuner.data.transforms import Augment, AugmentedSet
+from tuner.errors import ConfigError, UserError
 from tuner.hardware import autocast, configure_threads, resolve_device
 from tuner.inference import evaluate
 from tuner.losses import get_loss
 from tuner.model import Segmenter, build_segmenter
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserError, FloatingPointError):
     """The training loss became NaN or inf; the message names the epoch and step."""
 
 
@@ -61,8 +62,8 @@ def _is_oom(exc: BaseException) -> bool:
 class Trainer:
     """Holds the state of one run so that each step reads as a few lines."""
 
-    def __init__(self, config: TrainConfig, train_set, val_set, out_dir: Path | None):
-        self.config, self.val_set, self.out_dir = config, val_set, out_dir
+    def __init__(self, config: TrainConfig, train_set, val_set):
+        self.config, self.val_set = config, val_set
         self.device = resolve_device(config.device)
         configure_threads(config.threads)
         seed_everything(config.seed)
@@ -72,7 +73,7 @@ class Trainer:
         self.train_view = AugmentedSet(train_set, aug, seed=config.seed)
         self.steps_per_epoch = len(train_set) // config.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"batch_size={config.batch_size} is larger than the training set "
                 f"({len(train_set)} images)"
             )
@@ -166,7 +167,7 @@ def fit(
     """Fine-tune, evaluating after every epoch and keeping the best checkpoint in `out_dir`."""
     started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir is not None else None
-    trainer = Trainer(config, train_set, val_set, out_dir)
+    trainer = Trainer(config, train_set, val_set)
     model = trainer.model
     trainable, total = model.parameter_counts()
     log(

@@ -71,6 +71,8 @@ class CityscapesDataset:
         self.samples = self._index(limit)
 
     def _index(self, limit: int | None) -> list[Sample]:
+        if limit is not None and limit < 1:
+            raise DatasetError(f"limit={limit}: expected at least 1 image")
         samples = []
         for image in sorted(self.images_dir.glob(f"*/*{IMAGE_SUFFIX}")):
             city, stem = image.parent.name, image.name[: -len(IMAGE_SUFFIX)]

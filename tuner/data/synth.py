@@ -11,9 +11,7 @@ make boundary quality matter, which is the seed's complaint.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from tuner.data.labels import LABEL_HAS_INSTANCES, LABEL_ID_BY_NAME, colorize_label_ids
+from tuner.fsutil import file_lock, replace_dir, staging_dir
 
 Polygon = list[tuple[float, float]]
 
@@ -460,8 +459,7 @@ def file_stem(split: str, index: int) -> tuple[str, str]:
 def generate(out_dir: str | Path, spec: SynthSpec, progress: bool = False) -> Path:
     """Write a Cityscapes-format dataset; built in a temporary folder, then moved into place."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp = staging_dir(out_dir)
     try:
         counts = {"train": spec.train, "val": spec.val, "test": spec.test}
         for split, count in counts.items():
@@ -470,9 +468,7 @@ def generate(out_dir: str | Path, spec: SynthSpec, progress: bool = False) -> Pa
             if progress and count:
                 print(f"  synth {split}: {count} images")
         (tmp / MANIFEST).write_text(json.dumps(asdict(spec), indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -502,8 +498,10 @@ def ensure(out_dir: str | Path, spec: SynthSpec, progress: bool = True) -> Path:
     """Build the dataset unless an identical one (same manifest) is already there."""
     out_dir = Path(out_dir)
     manifest = out_dir / MANIFEST
-    if manifest.exists() and json.loads(manifest.read_text()) == asdict(spec):
-        return out_dir
-    if progress:
-        print(f"Building the synthetic Cityscapes-format dataset in {out_dir} ...")
-    return generate(out_dir, spec, progress=progress)
+    # Several workers or machines may ask at once: one builds, the others wait and reuse it.
+    with file_lock(out_dir.with_name(f".{out_dir.name}.lock")):
+        if manifest.exists() and json.loads(manifest.read_text()) == asdict(spec):
+            return out_dir
+        if progress:
+            print(f"Building the synthetic Cityscapes-format dataset in {out_dir} ...")
+        return generate(out_dir, spec, progress=progress)

@@ -38,12 +38,6 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
     return (image - PIXEL_MEAN.to(image.device)) / PIXEL_STD.to(image.device)
 
 
-def denormalize(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) normalised -> (H, W, 3) uint8, for overlays."""
-    pixels = image.cpu() * PIXEL_STD + PIXEL_MEAN
-    return pixels.clamp(0, 255).round().byte().permute(1, 2, 0).numpy()
-
-
 def eval_pair(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return normalize(image_tensor(image)), torch.from_numpy(label.astype(np.int64))
 
