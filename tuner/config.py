@@ -8,7 +8,6 @@ space can therefore vary exactly the fields listed here and nothing else.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -76,9 +75,6 @@ class TrainConfig:
         data["image_size"] = list(self.image_size)
         data["scale_range"] = list(self.scale_range)
         return data
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

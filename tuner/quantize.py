@@ -102,10 +102,6 @@ class QuantizeReport:
             baselines=[Variant(**v) for v in data.get("baselines", [])],
         )
 
-    @property
-    def chosen_variant(self) -> Variant:
-        return next(v for v in self.candidates if v.name == self.chosen)
-
 
 # Environment -------------------------------------------------------------------------------
 def _quiet_inc() -> None:
@@ -164,14 +160,6 @@ def _export(model: torch.nn.Module, crop: tuple[int, int]):
     example = (torch.randn(2, 3, *crop),)
     exported = export(model, example, dynamic_shapes=({0: Dim("batch", min=1, max=64)},))
     return exported, example
-
-
-def _copy_exported(graph):
-    """deepcopy drops the attributes INC attaches to exported graphs."""
-    new = copy.deepcopy(graph)
-    for key in ("_exported", "dynamic_shapes"):
-        setattr(new, key, getattr(graph, key, None))
-    return new
 
 
 def _calibrate(model, windows: list[torch.Tensor], batch: int = 4) -> None:
