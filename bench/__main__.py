@@ -1,14 +1,15 @@
-"""python -m bench {train_step,overhead,pruning,quantize,data} [--quick] [--out FILE]"""
+"""python -m bench NAME [--quick] [--device cpu|cuda] [--out FILE]"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import sys
 from pathlib import Path
 
-NAMES = ("train_step", "overhead", "pruning", "quantize", "data")
+NAMES = ("train_step", "overhead", "pruning", "quantize", "data", "cache", "attention")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,9 +17,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", choices=NAMES)
     parser.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--device", default="cpu", choices=("cpu", "cuda"), help="for train_step and attention"
+    )
     args = parser.parse_args(argv)
     module = importlib.import_module(f"bench.{args.name}")
-    result = {"benchmark": args.name, "quick": args.quick, **module.run(quick=args.quick)}
+    options = {"quick": args.quick}
+    if "device" in inspect.signature(module.run).parameters:
+        options["device"] = args.device
+    elif args.device != "cpu":
+        parser.error(f"{args.name} runs on the CPU only")
+    result = {"benchmark": args.name, **options, **module.run(**options)}
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:

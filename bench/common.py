@@ -51,12 +51,26 @@ def scratch_home() -> Iterator[Path]:
                 os.environ["TUNER_HOME"] = old
 
 
-def peak_matmul_gflops(sizes: tuple[int, ...] = (1024, 2048, 3072), repeats: int = 3) -> float:
-    """This CPU's achievable fp32 matmul rate, measured now, as the utilisation yardstick: the
-    best of a few square sizes (small ones under-state what large GEMMs reach)."""
+def peak_matmul_gflops(
+    sizes: tuple[int, ...] | None = None,
+    repeats: int = 3,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> float:
+    """This device's achievable matmul rate in `dtype`, measured now, as the utilisation
+    yardstick: the best of a few square sizes (small ones under-state what large GEMMs reach)."""
+    cuda = device == "cuda"
+    sizes = sizes or ((4096, 8192, 16384) if cuda else (1024, 2048, 3072))
     best = 0.0
     for size in sizes:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        seconds = median_seconds(lambda a=a, b=b: a @ b, repeats, warmup=1)
+        a = torch.randn(size, size, device=device, dtype=dtype)
+        b = torch.randn(size, size, device=device, dtype=dtype)
+
+        def product(a=a, b=b) -> None:
+            a @ b
+            if cuda:
+                torch.cuda.synchronize()
+
+        seconds = median_seconds(product, repeats if not cuda else 10, warmup=1)
         best = max(best, 2 * size**3 / seconds / 1e9)
     return best

@@ -151,3 +151,52 @@ def test_frozen_prefix_forward_equals_the_full_forward():
         full = model(images)
         split = model.forward_from_prefix(model.frozen_prefix(images), (64, 128))
     assert torch.allclose(full, split, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(64, 128), (96, 96)])
+def test_fused_attention_matches_segment_anything_attention(size):
+    """SDPA with the decomposed relative-position bias equals SAM's explicit softmax, for
+    windowed and global blocks, at two input sizes (fp32, CPU)."""
+    from segment_anything.modeling.image_encoder import Attention
+
+    from tuner.model.attention import FusedAttention
+
+    torch.manual_seed(0)
+    model = build_segmenter(TrainConfig(model="sam_tiny", head="linear", image_size=size))
+    encoder = model.encoder
+    for block in encoder.blocks:  # SAM zero-initialises the tables; make the bias matter
+        torch.nn.init.normal_(block.attn.rel_pos_h, std=0.5)
+        torch.nn.init.normal_(block.attn.rel_pos_w, std=0.5)
+    windowed = [b for b in encoder.blocks if b.window_size > 0]
+    global_ = [b for b in encoder.blocks if b.window_size == 0]
+    assert windowed and global_
+    assert all(type(b.attn) is FusedAttention for b in encoder.blocks)  # the default path
+    tokens = model.tokens(torch.randn(2, 3, *size))
+    for block in (windowed[0], global_[0]):
+        with torch.no_grad():
+            fused = block(tokens)
+            block.attn.__class__ = Attention
+            reference = block(tokens)
+            block.attn.__class__ = FusedAttention
+        assert torch.allclose(fused, reference, atol=1e-5), (fused - reference).abs().max()
+    # Same parameters as segment_anything's own modules: official checkpoints load unchanged.
+    assert set(build_sam("vit_b").state_dict()) == set(
+        sam_model_registry["vit_b"]().state_dict()
+    )
+
+
+def test_fused_attention_gradients_match():
+    from segment_anything.modeling.image_encoder import Attention
+
+    torch.manual_seed(0)
+    model = build_segmenter(TrainConfig(model="sam_tiny", head="linear", image_size=(64, 64)))
+    block = model.encoder.blocks[2]  # global attention
+    torch.nn.init.normal_(block.attn.rel_pos_h, std=0.5)
+    tokens = torch.randn(1, 4, 4, 128)
+    grads = []
+    for cls in (type(block.attn), Attention):
+        block.attn.__class__ = cls
+        block.zero_grad()
+        block(tokens).square().sum().backward()
+        grads.append(block.attn.rel_pos_h.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-4)

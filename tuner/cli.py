@@ -31,6 +31,11 @@ def main() -> None:
 
 
 STORAGE = click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+CACHE_LIMIT = click.option(
+    "--cache-limit",
+    help="size limit of the frozen-prefix feature cache, e.g. 20G (default: $TUNER_CACHE_LIMIT "
+    "or 20G); least recently used feature sets are evicted",
+)
 
 
 def data_option(help_text: str):
@@ -105,7 +110,8 @@ def build_config(config_file: Path | None, **flags) -> TrainConfig:
     help="official SAM checkpoint (sam_vit_b/l/h .pth) to start from",
 )
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), help="run folder")
-def train(config_file, data_root, checkpoint, out_dir, **flags) -> None:
+@CACHE_LIMIT
+def train(config_file, data_root, checkpoint, out_dir, cache_limit, **flags) -> None:
     """Fine-tune one configuration and print its metrics."""
     from tuner.data.cityscapes import CityscapesDataset
     from tuner.model import resolve_model
@@ -119,7 +125,8 @@ def train(config_file, data_root, checkpoint, out_dir, **flags) -> None:
     train_set = CityscapesDataset(root, "train", limit=config.train_limit)
     val_set = CityscapesDataset(root, "val", limit=config.val_limit)
     out_dir = out_dir or paths.runs_dir() / f"{config.model}-{config.head}-{config.loss}"
-    summary = fit(config, train_set, val_set, out_dir=out_dir)
+    cache = paths.feature_cache(cache_limit)
+    summary = fit(config, train_set, val_set, out_dir=out_dir, cache=cache)
     click.echo(
         f"\nbest epoch {summary.best_epoch + 1} of {summary.epochs_run}; "
         f"{summary.fit_seconds:.0f}s in all "
@@ -186,6 +193,7 @@ def evaluate(checkpoint, data_root, split, out_dir, device) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="default: auto")
 @click.option("--threads", type=int, help="CPU threads per worker")
 @click.option("--no-report", is_flag=True, help="do not refresh the dashboard figures at the end")
+@CACHE_LIMIT
 def run(
     study,
     space_file,
@@ -199,6 +207,7 @@ def run(
     device,
     threads,
     no_report,
+    cache_limit,
 ) -> None:
     """Create or resume a study and run trials until its budget is spent."""
     from tuner.search import RunOptions
@@ -216,6 +225,7 @@ def run(
         device=device,
         threads=threads,
         jobs=jobs,
+        cache_limit=cache_limit,
     )
     try:
         result = run_study(options)
@@ -274,8 +284,21 @@ def studies(storage) -> None:
     rows = list_studies(storage)
     if not rows:
         click.echo("no studies yet: try `tuner run --study smoke`")
-        return
-    click.echo(table(rows, ["study", "trials", "complete", "pruned", "fail", "running", "best"]))
+    else:
+        headers = ["study", "trials", "complete", "pruned", "fail", "running", "best"]
+        click.echo(table(rows, headers))
+    click.echo(paths.feature_cache().usage().describe())
+
+
+@main.command()
+@CACHE_LIMIT
+@click.option("--clear", is_flag=True, help="remove every feature set not in use")
+def cache(cache_limit, clear) -> None:
+    """The frozen-prefix feature cache: its size, or --clear it."""
+    features = paths.feature_cache(cache_limit)
+    if clear:
+        click.echo(f"removed {features.clear()} feature set(s)")
+    click.echo(features.usage().describe())
 
 
 @main.command()

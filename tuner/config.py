@@ -49,6 +49,7 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)
     hflip: bool = True
     color_jitter: float = 0.2
+    aug_views: int | None = None  # distinct augmented views per image, reused across epochs
     train_limit: int | None = None  # use only the first N training images (quick runs)
     val_limit: int | None = None
     num_workers: int = 0
@@ -56,6 +57,11 @@ class TrainConfig:
     # Evaluation.
     boundary_tolerance: int = 2  # pixels, for the boundary F-score
     monitor: str = "val_miou"  # metric that decides the best checkpoint (higher is better)
+
+    # Cost: what is computed once, and how.
+    cache: str = "auto"  # auto: cache frozen-prefix features when freeze_depth >= 1 | off
+    cache_dtype: str = "float16"  # float16 | float32: how cached features are stored
+    compile: str = "auto"  # auto (on for CUDA) | on | off: torch.compile the trained part
 
     # Reproducibility and placement.
     seed: int = 0
@@ -152,7 +158,15 @@ class TrainConfig:
             fail("device", "auto, cpu, cuda or cuda:N")
         if self.monitor not in MONITORS:
             fail("monitor", f"one of {', '.join(MONITORS)}")
-        for key in ("train_limit", "val_limit"):
+        choices = {
+            "cache": ("auto", "off"),
+            "cache_dtype": ("float16", "float32"),
+            "compile": ("auto", "on", "off"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                fail(key, " or ".join(allowed))
+        for key in ("train_limit", "val_limit", "aug_views"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 fail(key, "an integer >= 1 or null")
         for key in ("boundary_tolerance", "num_workers", "encoder_lr_mult", "weight_decay"):
@@ -230,6 +244,8 @@ class FitSummary:
     checkpoint: Path | None
     epoch_seconds: list[float] = field(default_factory=list)
     fit_seconds: float = 0.0
+    compile_seconds: float = 0.0  # included in fit_seconds, not in epoch_seconds
+    cache: dict[str, Any] = field(default_factory=dict)  # frozen-prefix cache hits and misses
     trainable_params: int = 0
     total_params: int = 0
     device: str = "cpu"

@@ -29,6 +29,11 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
+def precision_name(device: torch.device) -> str:
+    """What `autocast` computes in on this device, for cache keys and records."""
+    return f"{device.type}-{'bf16' if device.type == 'cuda' else 'fp32'}"
+
+
 def configure_threads(threads: int | None) -> int:
     """Intra-op threads for this process; None leaves PyTorch's default (all physical cores)."""
     if threads:

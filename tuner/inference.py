@@ -8,6 +8,7 @@ whose logits are averaged (mmsegmentation's `slide` mode).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 
 import torch
@@ -18,6 +19,11 @@ from torch.utils.data import DataLoader
 from tuner.data.transforms import EvalSet
 from tuner.hardware import autocast
 from tuner.metrics import SegmentationMetrics
+
+OVERLAP = 1 / 3  # of neighbouring sliding windows
+
+# forward(window, window_number) -> logits; the default is model(window).
+WindowForward = Callable[[torch.Tensor, int], torch.Tensor]
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -33,7 +39,7 @@ def pad_to_crop(images: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
     return F.pad(images, (0, pad_w, 0, pad_h), value=0.0) if pad_h or pad_w else images
 
 
-def windows(height: int, width: int, crop: tuple[int, int], overlap: float = 1 / 3):
+def windows(height: int, width: int, crop: tuple[int, int], overlap: float = OVERLAP):
     """(top, left) of crop-sized windows covering a padded image, `overlap` apart."""
     ch, cw = crop
     stride_h, stride_w = max(1, int(ch * (1 - overlap))), max(1, int(cw * (1 - overlap)))
@@ -44,7 +50,11 @@ def windows(height: int, width: int, crop: tuple[int, int], overlap: float = 1 /
 
 @torch.no_grad()
 def predict_logits(
-    model: nn.Module, images: torch.Tensor, crop: tuple[int, int], overlap: float = 1 / 3
+    model: nn.Module,
+    images: torch.Tensor,
+    crop: tuple[int, int],
+    overlap: float = OVERLAP,
+    forward: WindowForward | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) normalised images -> (B, K, H, W) float logits."""
     height, width = images.shape[-2:]
@@ -52,10 +62,10 @@ def predict_logits(
     full_h, full_w = images.shape[-2:]
     ch, cw = crop
     logits = counts = None
-    for top, left in windows(full_h, full_w, crop, overlap):
+    for number, (top, left) in enumerate(windows(full_h, full_w, crop, overlap)):
         window = images[:, :, top : top + ch, left : left + cw]
         with autocast(images.device):
-            out = model(window).float()
+            out = (model(window) if forward is None else forward(window, number)).float()
         if logits is None:
             logits = out.new_zeros((out.shape[0], out.shape[1], full_h, full_w))
             counts = out.new_zeros((1, 1, full_h, full_w))
@@ -73,28 +83,32 @@ def evaluate(
     boundary_tolerance: int = 2,
     on_prediction: Callable[[int, torch.Tensor], None] | None = None,
     num_workers: int = 0,
+    forward: Callable[[int, torch.Tensor, int], torch.Tensor] | None = None,
 ) -> dict:
     """Metrics of `model` on every image of `dataset` (a CityscapesDataset or alike).
 
     `on_prediction(index, train_ids)` sees each (H, W) prediction, e.g. to write PNGs.
+    `forward(index, window, window_number)` replaces `model(window)`, e.g. to read the frozen
+    prefix of each window from the cache.
     """
     was_training = model.training
-    _set_mode(model, training=False)
+    set_mode(model, training=False)
     metrics = SegmentationMetrics(boundary_tolerance=boundary_tolerance, device=device)
     loader = DataLoader(EvalSet(dataset), batch_size=1, num_workers=num_workers)
     try:
         for image, label, index in loader:
             image, label = image.to(device), label.to(device)
-            pred = predict_logits(model, image, crop).argmax(1)
+            hook = None if forward is None else functools.partial(forward, int(index[0]))
+            pred = predict_logits(model, image, crop, forward=hook).argmax(1)
             metrics.update(pred, label)
             if on_prediction is not None:
                 on_prediction(int(index[0]), pred[0].cpu())
     finally:
-        _set_mode(model, was_training)
+        set_mode(model, was_training)
     return metrics.compute()
 
 
-def _set_mode(model: nn.Module, training: bool) -> None:
+def set_mode(model: nn.Module, training: bool) -> None:
     """train()/eval(), except on exported (quantized) graphs, whose mode is fixed at export."""
     with contextlib.suppress(NotImplementedError):
         model.train(training)

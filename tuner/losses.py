@@ -95,33 +95,70 @@ def ce_dice(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @register("lovasz")
-def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def lovasz_softmax(logits: torch.Tensor, target: torch.Tensor, bins: int = 16384) -> torch.Tensor:
     """Lovász-softmax (Berman et al. 2018): a convex surrogate of per-class IoU, averaged over
-    the classes present in the batch."""
-    num_classes = logits.shape[1]
-    probs = F.softmax(logits, dim=1).permute(0, 2, 3, 1).reshape(-1, num_classes)
-    labels = target.reshape(-1)
-    valid = labels != IGNORE_INDEX
-    probs, labels = probs[valid], labels[valid]
-    if labels.numel() == 0:
+    the classes present in the batch.
+
+    The reference implementation sorts every class's errors (C sorts of B*H*W values), which
+    made a `lovasz` trial 2.5x slower than a CE one. Here the errors are bucketed into `bins`
+    levels instead: the Lovász extension only needs each error's rank, and elements that share
+    a bucket get the bucket's average gradient weight (a valid subgradient). The value differs
+    from the sorted one by at most 1/bins per class; a test checks both against the sort.
+    """
+    valid = target != IGNORE_INDEX
+    if not valid.any():
         return _zero(logits)
-    losses = []
-    for c in labels.unique():
-        fg = (labels == c).float()
-        errors = (fg - probs[:, c]).abs()
-        errors_sorted, order = errors.sort(descending=True)
-        losses.append(torch.dot(errors_sorted, _lovasz_grad(fg[order])))
-    return torch.stack(losses).mean()
+    probs = F.softmax(logits, dim=1)
+    weights, constant = _lovasz_weights(probs.detach(), target, valid, bins)
+    # loss = sum over classes and pixels of weight * error, where error = p for background
+    # elements and 1 - p for foreground ones; `weights` already carries the sign, so the
+    # differentiable part is a single dot product.
+    return torch.dot(weights.view(-1), probs.reshape(-1)) + constant
 
 
-def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
-    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors."""
-    gts = gt_sorted.sum()
-    intersection = gts - gt_sorted.cumsum(0)
-    union = gts + (1 - gt_sorted).cumsum(0)
-    jaccard = 1 - intersection / union
-    jaccard[1:] = jaccard[1:] - jaccard[:-1]
-    return jaccard
+@torch.no_grad()
+def _lovasz_weights(
+    probs: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, bins: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per element, d(loss)/d(p); plus the part of the loss that does not depend on p."""
+    num_classes = probs.shape[1]
+    true_class = target.masked_fill(~valid, 0).unsqueeze(1)
+    # Bucket of every element's probability, offset per class: (B, C, H, W) int64 keys. The
+    # offsets are whole numbers the float type holds exactly, and p * (bins - 1) <= bins - 1,
+    # so rounding can never carry a key into the next class's range.
+    exact = probs if num_classes * bins < 2**24 else probs.double()
+    offsets = torch.arange(num_classes, device=probs.device, dtype=exact.dtype) * bins
+    key = torch.addcmul(offsets.view(1, -1, 1, 1), exact, exact.new_tensor(bins - 1))
+    key = key.to(torch.int64)
+    sentinel = num_classes * bins  # ignored pixels: a bucket of weight 0
+    key.masked_fill_(~valid.unsqueeze(1), sentinel)
+    # Each valid pixel has one foreground element (its true class), whose error is 1 - p: its
+    # bucket is the mirror of its probability's bucket.
+    raw = key.gather(1, true_class).squeeze(1)[valid]
+    cls = torch.div(raw, bins, rounding_mode="floor")
+    mirrored = cls * bins + (bins - 1) - (raw - cls * bins)
+    size = num_classes * bins
+    counts = torch.bincount(key.view(-1), minlength=size + 1)[:size]
+    counts = counts - torch.bincount(raw, minlength=size) + torch.bincount(mirrored, minlength=size)
+    fg = torch.bincount(mirrored, minlength=size)
+    # Walk the buckets from the largest error down: the Jaccard loss after each bucket.
+    total = counts.view(num_classes, bins).double().flip(1)
+    fg_desc = fg.view(num_classes, bins).double().flip(1)
+    cum_fg, cum_all = fg_desc.cumsum(1), total.cumsum(1)
+    gts = cum_fg[:, -1:]
+    jaccard = 1 - (gts - cum_fg) / (gts + cum_all - cum_fg).clamp(min=1)
+    step = jaccard - F.pad(jaccard, (1, 0))[:, :-1]
+    per_element = torch.where(total > 0, step / total.clamp(min=1), 0.0).flip(1)
+    present = gts[:, 0] > 0
+    per_element = per_element * present.unsqueeze(1) / present.sum().clamp(min=1)
+    table = F.pad(per_element.reshape(-1).to(probs.dtype), (0, 1))  # + the sentinel's 0
+    weights = table.take(key)
+    fg_weight = table.take(mirrored)
+    # Foreground elements enter as (1 - p): coefficient -w on p, and +w as a constant.
+    signed = torch.zeros_like(target, dtype=probs.dtype)
+    signed[valid] = -fg_weight
+    weights.scatter_(1, true_class, signed.unsqueeze(1))
+    return weights, fg_weight.sum()
 
 
 @register("boundary_ce")

@@ -19,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.artifacts import upload_artifact
 
+from tuner.cache import FeatureCache
 from tuner.checkpoint import CHECKPOINT_NAME, CONFIG_NAME
 from tuner.data.cityscapes import CityscapesDataset
 from tuner.hardware import device_description, package_versions
@@ -64,6 +65,7 @@ class TrialRunner:
     data_root: Path
     artifact_store: Any
     overrides: dict[str, Any] = field(default_factory=dict)
+    cache: FeatureCache | None = None  # frozen-prefix features shared with other trials
     work_dir: Path | None = None
     progress: bool = True
     prefix: str = ""
@@ -96,6 +98,7 @@ class TrialRunner:
                 callback=TrialReporter(trial, self.space, lambda m: self.log(trial.number, m)),
                 progress=self.progress,
                 log=lambda m: self.log(trial.number, m),
+                cache=self.cache,
             )
             self._record(trial, summary)
             if summary.stopped_early:
@@ -132,6 +135,8 @@ class TrialRunner:
         trial.set_user_attr("best_epoch", summary.best_epoch)
         trial.set_user_attr("epoch_seconds", [round(s, 3) for s in summary.epoch_seconds])
         trial.set_user_attr("fit_seconds", round(summary.fit_seconds, 3))
+        trial.set_user_attr("compile_seconds", round(summary.compile_seconds, 3))
+        trial.set_user_attr("cache", summary.cache)
         trial.set_user_attr("trainable_params", summary.trainable_params)
         trial.set_user_attr("total_params", summary.total_params)
         trial.set_user_attr("device", device_description(_torch_device(summary.device)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tuner.cache import DEFAULT_LIMIT, FeatureCache, parse_size
 from tuner.data import synth
 
 
@@ -22,6 +23,13 @@ def default_storage_url() -> str:
 
 def default_artifact_dir() -> Path:
     return home() / "artifacts"
+
+
+def feature_cache(limit: str | int | None = None) -> FeatureCache:
+    """The frozen-prefix feature cache, <home>/cache, shared by every study, worker and run on
+    this machine. Its size limit: `limit`, else $TUNER_CACHE_LIMIT, else 20 GiB."""
+    limit = limit if limit is not None else os.environ.get("TUNER_CACHE_LIMIT", DEFAULT_LIMIT)
+    return FeatureCache(home() / "cache", parse_size(limit))
 
 
 def runs_dir() -> Path:

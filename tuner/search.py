@@ -52,6 +52,7 @@ class RunOptions:
     threads: int | None = None
     jobs: int = 1
     progress: bool = True
+    cache_limit: str | None = None  # size limit of the feature cache (default 20G)
 
 
 @dataclass
@@ -173,6 +174,7 @@ def run_worker(plan: WorkerPlan) -> None:
         data_root=Path(plan.data_root),
         artifact_store=open_artifact_store(study.user_attrs.get("artifact_store")),
         overrides=overrides,
+        cache=paths.feature_cache(options.cache_limit),
         work_dir=work_dir,
         progress=options.progress and options.jobs == 1,
         prefix=prefix,

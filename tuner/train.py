@@ -6,6 +6,7 @@ a `TrainCallback`, whose `on_epoch_end` may ask to stop early.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -17,12 +18,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from tuner.cache import FeatureCache
 from tuner.checkpoint import save_checkpoint
 from tuner.config import FitSummary, TrainConfig
 from tuner.data.transforms import Augment, AugmentedSet
 from tuner.errors import ConfigError, UserError
+from tuner.frozen_prefix import PrefixFeatures
 from tuner.hardware import autocast, configure_threads, resolve_device
-from tuner.inference import evaluate
+from tuner.inference import evaluate, set_mode
 from tuner.losses import get_loss
 from tuner.model import Segmenter, build_segmenter
 
@@ -59,18 +62,28 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-class Trainer:
-    """Holds the state of one run so that each step reads as a few lines."""
+def compile_wanted(mode: str, device: torch.device) -> bool:
+    """`compile: auto` compiles on CUDA only: on CPU, bench/README.md measured compiling the
+    embedded model to cost more than a whole short trial saves."""
+    return mode == "on" or (mode == "auto" and device.type == "cuda")
 
-    def __init__(self, config: TrainConfig, train_set, val_set):
+
+class Trainer:
+    """Holds the state of one run so that each step reads as a few lines. Use it as a context
+    manager when it is given a feature cache: it holds the cache's feature sets open."""
+
+    def __init__(
+        self, config: TrainConfig, train_set, val_set, cache: FeatureCache | None = None, log=print
+    ):
         self.config, self.val_set = config, val_set
         self.device = resolve_device(config.device)
         configure_threads(config.threads)
         seed_everything(config.seed)
         self.model: Segmenter = build_segmenter(config).to(self.device)
         self.loss_fn = get_loss(config.loss)
-        aug = Augment(config.image_size, config.scale_range, config.hflip, config.color_jitter)
-        self.train_view = AugmentedSet(train_set, aug, seed=config.seed)
+        self.train_view = AugmentedSet(
+            train_set, Augment.of(config), seed=config.seed, aug_views=config.aug_views
+        )
         self.steps_per_epoch = len(train_set) // config.batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(
@@ -87,6 +100,30 @@ class Trainer:
         )
         self.micro_batch = config.effective_micro_batch
         self.step = 0
+        self._resources = contextlib.ExitStack()
+        self.prefix: PrefixFeatures | None = None
+        if cache is not None:
+            self.prefix = self._resources.enter_context(
+                PrefixFeatures.open(cache, self.model, config, train_set, val_set, self.device, log)
+            )
+        self.compiled = compile_wanted(config.compile, self.device)
+        # The part that trains: from images, or from the frozen prefix's cached features.
+        core = self.model.forward_from_prefix if self.prefix else self.model.forward
+        if self.compiled:
+            core = torch.compile(core, dynamic=False)
+        self._core = core
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._resources.close()
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits at the crop size, from images or (with the cache) prefix features."""
+        if self.prefix is not None:
+            return self._core(inputs, self.config.image_size)
+        return self._core(inputs)
 
     def epoch_batches(self, epoch: int) -> DataLoader:
         """This epoch's batches in a seeded order; the last partial batch is dropped."""
@@ -94,21 +131,53 @@ class Trainer:
         order = torch.randperm(
             len(self.train_view), generator=torch.Generator().manual_seed(self.config.seed + epoch)
         ).tolist()
+        dataset, collate = self.train_view, None
+        if self.prefix is not None:
+            dataset = self.prefix.views(self.train_view)
+            collate = dataset.collate
         return DataLoader(
-            self.train_view,
+            dataset,
             batch_size=self.config.batch_size,
             sampler=order,
             drop_last=True,
             num_workers=self.config.num_workers,
             pin_memory=self.device.type == "cuda",
+            collate_fn=collate,
         )
 
-    def train_step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> float:
+    def prepare(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, labels) of a loader batch: images, or prefix features read or computed."""
+        if self.prefix is not None:
+            return self.prefix.inputs(batch), batch.labels
+        return batch
+
+    def warm_up(self) -> float:
+        """Compile before the first epoch, so that compiling is timed apart from training: a
+        forward and backward pass at the training shape (no optimizer step; gradients are
+        cleared) and an evaluation forward at the window shape. Returns the seconds taken."""
+        tick = time.perf_counter()
+        crop = self.config.image_size
+        images = torch.zeros(self.micro_batch, 3, *crop, device=self.device)
+        inputs = images
+        if self.prefix is not None:
+            inputs = self.prefix.compute(images).to(self.device, torch.float32)
+        labels = torch.zeros(self.micro_batch, *crop, dtype=torch.long, device=self.device)
+        with autocast(self.device):
+            logits = self.forward(inputs)
+        self.loss_fn(logits.float(), labels).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        set_mode(self.model, training=False)
+        with torch.no_grad(), autocast(self.device):
+            self.forward(inputs[:1])
+        set_mode(self.model, training=True)
+        return time.perf_counter() - tick
+
+    def train_step(self, inputs: torch.Tensor, labels: torch.Tensor, epoch: int) -> float:
         """One optimizer step over a whole batch, accumulated over micro-batches. On CUDA OOM
         the micro-batch halves and the step starts again, so `batch_size` keeps its meaning."""
         while True:
             try:
-                return self._accumulate(images, labels, epoch)
+                return self._accumulate(inputs, labels, epoch)
             except RuntimeError as exc:
                 if not _is_oom(exc) or self.micro_batch == 1:
                     raise
@@ -118,22 +187,22 @@ class Trainer:
                 self.micro_batch //= 2
                 tqdm.write(f"out of memory: micro-batch now {self.micro_batch}")
 
-    def _accumulate(self, images: torch.Tensor, labels: torch.Tensor, epoch: int) -> float:
+    def _accumulate(self, inputs: torch.Tensor, labels: torch.Tensor, epoch: int) -> float:
         total = 0.0
-        chunks = list(zip(images.split(self.micro_batch), labels.split(self.micro_batch)))
-        for image, label in chunks:
-            image = image.to(self.device, non_blocking=True)
+        chunks = list(zip(inputs.split(self.micro_batch), labels.split(self.micro_batch)))
+        for chunk, label in chunks:
+            chunk = chunk.to(self.device, non_blocking=True)
             label = label.to(self.device, non_blocking=True)
             with autocast(self.device):
-                logits = self.model(image)
+                logits = self.forward(chunk)
             loss = self.loss_fn(logits.float(), label)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at epoch {epoch}, step {self.step} "
                     f"(loss={self.config.loss}, lr={self.scheduler.get_last_lr()[0]:.3g})"
                 )
-            (loss * image.shape[0] / images.shape[0]).backward()
-            total += loss.item() * image.shape[0]
+            (loss * chunk.shape[0] / inputs.shape[0]).backward()
+            total += loss.item() * chunk.shape[0]
         if self.config.grad_clip:
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
@@ -141,9 +210,15 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return total / images.shape[0]
+        return total / inputs.shape[0]
+
+    def _eval_forward(self, index: int, window: torch.Tensor, number: int) -> torch.Tensor:
+        if self.prefix is not None:
+            return self.forward(self.prefix.window_features(index, number, window))
+        return self.forward(window)
 
     def evaluate(self) -> dict[str, Any]:
+        plain = self.prefix is None and not self.compiled
         metrics = evaluate(
             self.model,
             self.val_set,
@@ -151,6 +226,7 @@ class Trainer:
             self.device,
             self.config.boundary_tolerance,
             num_workers=self.config.num_workers,
+            forward=None if plain else self._eval_forward,
         )
         return {f"val_{k}": v for k, v in metrics.items()}
 
@@ -163,53 +239,63 @@ def fit(
     callback: TrainCallback | None = None,
     progress: bool = True,
     log=print,
+    cache: FeatureCache | None = None,
 ) -> FitSummary:
-    """Fine-tune, evaluating after every epoch and keeping the best checkpoint in `out_dir`."""
+    """Fine-tune, evaluating after every epoch and keeping the best checkpoint in `out_dir`.
+    With a `cache`, a frozen prefix's features are read from it where they exist."""
     started = time.perf_counter()
     out_dir = Path(out_dir) if out_dir is not None else None
-    trainer = Trainer(config, train_set, val_set)
-    model = trainer.model
-    trainable, total = model.parameter_counts()
-    log(
-        f"{config.model}/{config.head}, loss={config.loss}, freeze_depth={config.freeze_depth}: "
-        f"{trainable:,} of {total:,} parameters trainable, on {trainer.device}"
-    )
-    best: dict[str, Any] = {}
-    best_epoch, checkpoint, stopped = -1, None, False
-    epoch_seconds: list[float] = []
-    metrics: dict[str, Any] = {}
-    for epoch in range(config.epochs):
-        tick = time.perf_counter()
-        model.train()
-        losses = []
-        bar = tqdm(
-            trainer.epoch_batches(epoch),
-            total=trainer.steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
-            leave=False,
-        )
-        for images, labels in bar:
-            losses.append(trainer.train_step(images, labels, epoch))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        metrics = trainer.evaluate()
-        metrics["train_loss"] = float(np.mean(losses))
-        metrics["epoch"] = epoch
-        epoch_seconds.append(time.perf_counter() - tick)
-        metrics["epoch_seconds"] = epoch_seconds[-1]
-        score = metrics[config.monitor]
-        if best_epoch < 0 or _better(score, best[config.monitor]):
-            best, best_epoch = dict(metrics), epoch
-            if out_dir is not None:
-                checkpoint = save_checkpoint(out_dir, model, config, best, epoch)
+    with Trainer(config, train_set, val_set, cache=cache, log=log) as trainer:
+        model = trainer.model
+        trainable, total = model.parameter_counts()
+        extras = [f"cache {'on' if trainer.prefix else 'off'}"]
+        if trainer.compiled:
+            extras.append("compiled")
         log(
-            f"epoch {epoch + 1}/{config.epochs}: loss {metrics['train_loss']:.4f}  "
-            f"mIoU {metrics['val_miou']:.4f}  boundary F1 {metrics['val_boundary_f1']:.4f}  "
-            f"({epoch_seconds[-1]:.1f}s)"
+            f"{config.model}/{config.head}, loss={config.loss}, "
+            f"freeze_depth={config.freeze_depth}: {trainable:,} of {total:,} parameters "
+            f"trainable, on {trainer.device} ({', '.join(extras)})"
         )
-        if callback is not None and callback.on_epoch_end(epoch, metrics):
-            stopped = epoch < config.epochs - 1
-            break
+        compile_seconds = trainer.warm_up() if trainer.compiled else 0.0
+        if trainer.compiled:
+            log(f"compiled in {compile_seconds:.1f}s")
+        best: dict[str, Any] = {}
+        best_epoch, checkpoint, stopped = -1, None, False
+        epoch_seconds: list[float] = []
+        metrics: dict[str, Any] = {}
+        for epoch in range(config.epochs):
+            tick = time.perf_counter()
+            model.train()
+            losses = []
+            bar = tqdm(
+                trainer.epoch_batches(epoch),
+                total=trainer.steps_per_epoch,
+                desc=f"epoch {epoch + 1}/{config.epochs}",
+                disable=not progress,
+                leave=False,
+            )
+            for batch in bar:
+                losses.append(trainer.train_step(*trainer.prepare(batch), epoch))
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            metrics = trainer.evaluate()
+            metrics["train_loss"] = float(np.mean(losses))
+            metrics["epoch"] = epoch
+            epoch_seconds.append(time.perf_counter() - tick)
+            metrics["epoch_seconds"] = epoch_seconds[-1]
+            score = metrics[config.monitor]
+            if best_epoch < 0 or _better(score, best[config.monitor]):
+                best, best_epoch = dict(metrics), epoch
+                if out_dir is not None:
+                    checkpoint = save_checkpoint(out_dir, model, config, best, epoch)
+            log(
+                f"epoch {epoch + 1}/{config.epochs}: loss {metrics['train_loss']:.4f}  "
+                f"mIoU {metrics['val_miou']:.4f}  boundary F1 {metrics['val_boundary_f1']:.4f}  "
+                f"({epoch_seconds[-1]:.1f}s)"
+            )
+            if callback is not None and callback.on_epoch_end(epoch, metrics):
+                stopped = epoch < config.epochs - 1
+                break
+        cache_stats = trainer.prefix.stats() if trainer.prefix else {}
     return FitSummary(
         best_metrics=best,
         final_metrics=metrics,
@@ -219,6 +305,8 @@ def fit(
         checkpoint=checkpoint,
         epoch_seconds=epoch_seconds,
         fit_seconds=time.perf_counter() - started,
+        compile_seconds=compile_seconds,
+        cache=cache_stats,
         trainable_params=trainable,
         total_params=total,
         device=str(trainer.device),

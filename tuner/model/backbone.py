@@ -19,6 +19,7 @@ from segment_anything.modeling import (
 )
 
 from tuner.errors import CheckpointError
+from tuner.model.attention import use_fused_attention
 
 PATCH_SIZE = 16
 
@@ -58,11 +59,18 @@ ENCODERS: dict[str, EncoderSpec] = {
 
 
 def build_sam(name: str) -> Sam:
-    """A randomly initialised SAM; official variants come from `sam_model_registry`.
+    """A randomly initialised SAM whose encoder attention runs through SDPA.
 
-    Weights are never passed to the registry builders: they call `torch.load` without
-    `weights_only`, so checkpoints are loaded here instead (see `load_sam_weights`).
+    Official variants come from `sam_model_registry`. Weights are never passed to the registry
+    builders: they call `torch.load` without `weights_only`, so checkpoints are loaded here
+    instead (see `load_sam_weights`).
     """
+    sam = _build_sam_modules(name)
+    use_fused_attention(sam.image_encoder)
+    return sam
+
+
+def _build_sam_modules(name: str) -> Sam:
     spec = ENCODERS[name]
     if spec.official:
         return sam_model_registry[name]()

@@ -1,7 +1,8 @@
 """SAM's image encoder plus a head: a semantic segmenter with a freezable prefix.
 
-The forward is split at block boundaries (`tokens` -> `blocks(start, stop)` -> `decode`) so a
-later cache of frozen-prefix activations can start a trial from block k's output.
+The forward is split at block boundaries (`tokens` -> `blocks(start, stop)` -> `neck` -> head)
+so that the frozen-prefix cache can start a trial from block k's output (or from the neck's,
+when the whole encoder is frozen).
 """
 
 from __future__ import annotations
@@ -43,19 +44,31 @@ class Segmenter(nn.Module):
         if not 0 <= depth <= self.depth:
             raise ValueError(f"freeze_depth={depth}: expected 0..{self.depth}")
         self.freeze_depth = depth
-        frozen: list[nn.Module | nn.Parameter] = []
-        if depth > 0:
-            frozen += [self.encoder.patch_embed, *self.encoder.blocks[:depth]]
-            if self.encoder.pos_embed is not None:
-                frozen.append(self.encoder.pos_embed)
-        if depth == self.depth:
-            frozen.append(self.encoder.neck)
         for p in self.encoder.parameters():
             p.requires_grad_(True)
-        for item in frozen:
-            params = [item] if isinstance(item, nn.Parameter) else item.parameters()
-            for p in params:
-                p.requires_grad_(False)
+        for p in self.frozen_state().values():
+            p.requires_grad_(False)
+
+    @property
+    def fully_frozen(self) -> bool:
+        return self.freeze_depth == self.depth
+
+    def frozen_state(self) -> dict[str, torch.Tensor]:
+        """The frozen prefix's parameters by name: everything `frozen_prefix` computes with."""
+        if self.freeze_depth == 0:
+            return {}
+        modules = {"patch_embed": self.encoder.patch_embed}
+        modules |= {f"blocks.{i}": self.encoder.blocks[i] for i in range(self.freeze_depth)}
+        if self.fully_frozen:
+            modules["neck"] = self.encoder.neck
+        state = {
+            f"{prefix}.{name}": p
+            for prefix, m in modules.items()
+            for name, p in m.named_parameters()
+        }
+        if self.encoder.pos_embed is not None:
+            state["pos_embed"] = self.encoder.pos_embed
+        return state
 
     # The forward, in pieces ------------------------------------------------------------------
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -75,23 +88,29 @@ class Segmenter(nn.Module):
             x = block(x)
         return x
 
-    def decode(self, x: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        """Tokens after the last block -> class logits at `out_size`."""
-        return self.head(self.encoder.neck(x.permute(0, 3, 1, 2)), out_size)
+    def neck(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens after the last block -> (B, C, H/16, W/16) image embedding."""
+        return self.encoder.neck(x.permute(0, 3, 1, 2))
 
     def frozen_prefix(self, images: torch.Tensor) -> torch.Tensor:
-        """Block-k output for k = freeze_depth; no autograd graph, since nothing in it trains."""
+        """What the frozen part computes, without autograd: block-k tokens (B, h, w, C), or
+        the neck's embedding (B, C', h, w) when the whole encoder is frozen. This is what
+        the frozen-prefix cache stores."""
         with torch.no_grad():
-            return self.blocks(self.tokens(images), 0, self.freeze_depth)
+            x = self.blocks(self.tokens(images), 0, self.freeze_depth)
+            return self.neck(x) if self.fully_frozen else x
 
     def forward_from_prefix(self, prefix: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        return self.decode(self.blocks(prefix, self.freeze_depth), out_size)
+        if self.fully_frozen:
+            return self.head(prefix, out_size)
+        return self.head(self.neck(self.blocks(prefix, self.freeze_depth)), out_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out_size = tuple(images.shape[-2:])
-        if self.freeze_depth > 0 and self.training:
+        if self.training and self.freeze_depth > 0:  # no autograd graph through frozen blocks
             return self.forward_from_prefix(self.frozen_prefix(images), out_size)
-        return self.decode(self.blocks(self.tokens(images)), out_size)
+        # One plain graph for inference, which is also what torch.export sees for INT8.
+        return self.head(self.neck(self.blocks(self.tokens(images))), out_size)
 
     # Optimisation ----------------------------------------------------------------------------
     def parameter_groups(self, lr: float, encoder_lr_mult: float, weight_decay: float):

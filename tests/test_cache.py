@@ -1,0 +1,224 @@
+"""The frozen-prefix feature cache: storage, keys, limits, concurrency, and trials that hit it
+giving the results of trials that do not."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tuner.cache import FeatureCache, fingerprint_files, fingerprint_tensors, parse_size
+from tuner.data.cityscapes import CityscapesDataset
+from tuner.errors import ConfigError
+from tuner.model import Segmenter
+from tuner.train import Trainer, fit
+
+
+def datasets(root):
+    return CityscapesDataset(root, "train"), CityscapesDataset(root, "val")
+
+
+def quiet_fit(config, root, cache, **kw):
+    return fit(config, *datasets(root), progress=False, log=lambda m: None, cache=cache, **kw)
+
+
+# Storage -------------------------------------------------------------------------------------
+def test_entries_round_trip_and_bad_files_are_misses(tmp_path):
+    cache = FeatureCache(tmp_path)
+    with cache.open({"k": 1}, torch.float16, shape=(2, 3)) as store:
+        assert store.get("a") is None
+        assert store.put("a", torch.ones(2, 3, dtype=torch.float16))
+        assert torch.equal(store.get("a"), torch.ones(2, 3, dtype=torch.float16))
+        store.path("torn").write_bytes(b"\x93NUMPY garbage")  # a file that is not an array
+        assert store.get("torn") is None
+        np.save(store.path("wrong"), np.zeros((3, 3), np.float16))  # another shape
+        assert store.get("wrong") is None
+        np.save(store.path("f32"), np.zeros((2, 3), np.float32))  # another dtype
+        assert store.get("f32") is None
+        assert not list(store.folder.glob("*.tmp"))
+
+
+def test_any_key_change_opens_another_set(tmp_path):
+    cache = FeatureCache(tmp_path)
+    with cache.open({"weights": "abc", "crop": [64, 128]}, torch.float32) as store:
+        store.put("v0-0", torch.zeros(4))
+    for changed in ({"weights": "abd", "crop": [64, 128]}, {"weights": "abc", "crop": [64, 64]}):
+        with cache.open(changed, torch.float32) as other:
+            assert other.folder != store.folder and other.get("v0-0") is None
+    with cache.open({"crop": [64, 128], "weights": "abc"}, torch.float32) as same:  # key order
+        assert same.get("v0-0") is not None
+
+
+def test_fingerprints_follow_content(tmp_path):
+    weights = {"a": torch.zeros(3), "b": torch.ones(2)}
+    assert fingerprint_tensors(weights) == fingerprint_tensors(dict(weights))
+    assert fingerprint_tensors(weights) != fingerprint_tensors({**weights, "b": torch.ones(2) * 2})
+    files = [tmp_path / "x.png", tmp_path / "y.png"]
+    for f in files:
+        f.write_bytes(b"12345")
+    before = fingerprint_files(files, tmp_path)
+    os.utime(files[1], ns=(0, time.time_ns() + 10**9))
+    assert fingerprint_files(files, tmp_path) != before
+    assert fingerprint_files(files[:1], tmp_path) != fingerprint_files(files, tmp_path)
+
+
+def test_size_limit_evicts_least_recently_used_sets_but_not_ones_in_use(tmp_path):
+    entry = torch.zeros(256, 256)  # 256 KiB each
+    cache = FeatureCache(tmp_path, limit=700 * 1024)
+    for name in ("old", "newer"):
+        with cache.open({"set": name}, torch.float32) as store:
+            assert store.put("e", entry)
+        time.sleep(0.02)
+    with cache.open({"set": "in use"}, torch.float32) as busy:
+        assert busy.put("e", entry)  # 3 x 256 KiB > 700 KiB: this opening evicted "old"
+        assert cache.usage().sets == 2
+        with FeatureCache(tmp_path, limit=0).open({"set": "tiny"}, torch.float32) as tiny:
+            assert not tiny.put("e", entry) and tiny.full  # no room, nothing written
+        assert busy.get("e") is not None  # a set in use is never evicted
+    remaining = {p.name for p in tmp_path.iterdir()}
+    assert len(remaining) == 2  # "newer" went with limit=0; "in use" and "tiny" stay
+    assert FeatureCache(tmp_path).usage().entries == 1
+
+
+def test_sizes_parse_and_bad_sizes_are_named():
+    assert parse_size("20G") == 20 * 2**30 and parse_size("1.5GiB") == int(1.5 * 2**30)
+    assert parse_size("500M") == 500 * 2**20 and parse_size(0) == 0
+    with pytest.raises(ConfigError, match="cache limit 'lots'"):
+        parse_size("lots")
+
+
+def _fill(folder, worker, results):
+    with FeatureCache(folder).open({"shared": True}, torch.float32, shape=(64, 64)) as store:
+        for i in range(40):
+            store.put(f"e{i}", torch.full((64, 64), float(i)))
+            # Read back what either worker wrote: a whole entry or none, never half of one.
+            got = store.get(f"e{(i * 7) % 40}")
+            if got is not None and not torch.all(got == (i * 7) % 40):
+                results.put(f"worker {worker}: torn entry e{(i * 7) % 40}")
+    results.put("ok")
+
+
+def test_two_workers_filling_the_same_set_corrupt_nothing(tmp_path):
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_fill, args=(tmp_path, w, results)) for w in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [results.get(timeout=5) for _ in workers] == ["ok", "ok"]
+    with FeatureCache(tmp_path).open({"shared": True}, torch.float32, shape=(64, 64)) as store:
+        for i in range(40):
+            assert torch.all(store.get(f"e{i}") == i)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+# Trials --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("depth", [3, 6])  # block-3 tokens; the neck output of a frozen encoder
+def test_cache_hit_trial_equals_cache_off_trial(tiny_data, tiny_config, tmp_path, depth):
+    config = tiny_config.replace(freeze_depth=depth, epochs=2, cache_dtype="float32")
+    cache = FeatureCache(tmp_path / "cache")
+    off = quiet_fit(config.replace(cache="off"), tiny_data, None, out_dir=tmp_path / "off")
+    filled = quiet_fit(config, tiny_data, cache, out_dir=tmp_path / "miss")
+    hit = quiet_fit(config, tiny_data, cache, out_dir=tmp_path / "hit")
+    assert filled.cache["train_misses"] > 0 and filled.cache["stored"] > 0
+    assert hit.cache["train_misses"] == 0 and hit.cache["val_misses"] == 0
+    assert hit.cache["train_hits"] == filled.cache["train_misses"]
+    assert abs(hit.best_metrics["val_miou"] - off.best_metrics["val_miou"]) <= 1e-3
+    from tuner.checkpoint import load_segmenter
+
+    images = torch.randn(2, 3, *config.image_size)
+    with torch.no_grad():
+        logits = [load_segmenter(tmp_path / n / "best.pt")[0](images) for n in ("off", "hit")]
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)
+
+
+def test_float16_cache_keeps_miou_within_a_thousandth(tiny_data, tiny_config, tmp_path):
+    config = tiny_config.replace(freeze_depth=6, epochs=2)
+    assert config.cache_dtype == "float16"
+    cache = FeatureCache(tmp_path)
+    off = quiet_fit(config.replace(cache="off"), tiny_data, None)
+    quiet_fit(config, tiny_data, cache)
+    hit = quiet_fit(config, tiny_data, cache)
+    assert hit.cache["train_misses"] == 0
+    assert abs(hit.best_metrics["val_miou"] - off.best_metrics["val_miou"]) <= 1e-3
+
+
+def test_a_full_hit_never_runs_the_frozen_prefix(tiny_data, tiny_config, tmp_path, monkeypatch):
+    config = tiny_config.replace(freeze_depth=4, epochs=2)
+    cache = FeatureCache(tmp_path)
+    first = quiet_fit(config, tiny_data, cache)
+
+    def forbidden(self, images):
+        raise AssertionError("the frozen prefix ran although every feature was cached")
+
+    monkeypatch.setattr(Segmenter, "frozen_prefix", forbidden)
+    again = quiet_fit(config, tiny_data, cache)
+    assert again.best_metrics["val_miou"] == first.best_metrics["val_miou"]
+
+
+@pytest.mark.parametrize(
+    ("change", "val_unchanged"),
+    [
+        ({"scale_range": (0.9, 1.1)}, True),  # validation windows are not augmented
+        ({"hflip": False}, True),
+        ({"image_size": (64, 64)}, False),
+        ({"freeze_depth": 5}, False),
+        ({"cache_dtype": "float32"}, False),
+    ],
+)
+def test_a_changed_key_element_misses(tiny_data, tiny_config, tmp_path, change, val_unchanged):
+    config = tiny_config.replace(freeze_depth=4)
+    cache = FeatureCache(tmp_path)
+    quiet_fit(config, tiny_data, cache)
+    changed = quiet_fit(config.replace(**change), tiny_data, cache)
+    assert changed.cache["train_hits"] == 0
+    assert (changed.cache["val_misses"] == 0) == val_unchanged
+
+
+def test_changed_weights_or_data_files_miss(tiny_data, tiny_config, tmp_path, monkeypatch):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    config = tiny_config.replace(freeze_depth=4)
+    cache = FeatureCache(tmp_path / "cache")
+    quiet_fit(config, root, cache)
+    image = next((root / "leftImg8bit" / "train").rglob("*.png"))
+    os.utime(image, ns=(0, image.stat().st_mtime_ns + 10**9))  # touched: maybe new content
+    assert quiet_fit(config, root, cache).cache["train_hits"] == 0
+    assert quiet_fit(config, root, cache).cache["train_misses"] == 0
+
+    original = Segmenter.frozen_state
+
+    def perturbed(self):  # other weights, e.g. another checkpoint
+        state = original(self)
+        with torch.no_grad():
+            state["blocks.0.mlp.lin1.weight"].add_(1e-3)
+        return state
+
+    monkeypatch.setattr(Segmenter, "frozen_state", perturbed)
+    assert quiet_fit(config, root, cache).cache["train_hits"] == 0
+
+
+def test_aug_views_bounds_the_views_across_epochs(tiny_data, tiny_config, tmp_path):
+    cache = FeatureCache(tmp_path)
+    config = tiny_config.replace(freeze_depth=4, epochs=3, aug_views=1)
+    summary = quiet_fit(config, tiny_data, cache)
+    steps = len(CityscapesDataset(tiny_data, "train")) // config.batch_size * config.batch_size
+    # Epoch 1 computes its view; epochs 2 and 3 reuse that same view.
+    assert summary.cache["train_misses"] == steps and summary.cache["train_hits"] == 2 * steps
+    trainer = Trainer(config, *datasets(tiny_data))
+    trainer.train_view.set_epoch(2)
+    assert trainer.train_view.view == 0
+
+
+def test_no_cache_without_a_frozen_prefix_or_when_off(tiny_data, tiny_config, tmp_path):
+    cache = FeatureCache(tmp_path)
+    assert quiet_fit(tiny_config, tiny_data, cache).cache == {}
+    assert quiet_fit(tiny_config.replace(freeze_depth=2, cache="off"), tiny_data, cache).cache == {}
+    assert cache.usage().entries == 0
