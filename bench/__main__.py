@@ -9,7 +9,16 @@ import json
 import sys
 from pathlib import Path
 
-NAMES = ("train_step", "overhead", "pruning", "quantize", "data", "cache", "attention")
+NAMES = (
+    "train_step",
+    "overhead",
+    "pruning",
+    "quantize",
+    "data",
+    "cache",
+    "attention",
+    "pretrained",
+)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.cache import FeatureCache, fingerprint_files, fingerprint_tensors, parse_size
+from tuner.cache import FeatureCache, fingerprint_tensors, parse_size
 from tuner.data.cityscapes import CityscapesDataset
 from tuner.errors import ConfigError
+from tuner.fsutil import fingerprint_files
 from tuner.model import Segmenter
 from tuner.train import Trainer, fit
 

@@ -148,6 +148,7 @@ def test_bucketed_lovasz_matches_the_sorted_reference():
     assert cosine > 0.97
     finer = get_loss("lovasz")(logits, target, bins=2**20)
     (fine_grad,) = torch.autograd.grad(finer, logits)
-    assert torch.nn.functional.cosine_similarity(
-        fine_grad.flatten(), ref_grad.flatten(), dim=0
-    ) > 0.999
+    assert (
+        torch.nn.functional.cosine_similarity(fine_grad.flatten(), ref_grad.flatten(), dim=0)
+        > 0.999
+    )

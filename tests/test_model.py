@@ -75,7 +75,9 @@ def test_detect_variant_and_bad_checkpoints(tmp_path):
         build_segmenter(TrainConfig(sam_checkpoint=str(missing)))
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x80\x02garbage")
-    with pytest.raises(CheckpointError, match="corrupt.pth: cannot read checkpoint"):
+    with pytest.raises(
+        CheckpointError, match="corrupt.pth: not a PyTorch weights file, or it holds code; refused"
+    ):
         build_segmenter(TrainConfig(sam_checkpoint=str(corrupt)))
     tiny = tmp_path / "tiny.pth"
     torch.save(build_sam("sam_tiny").state_dict(), tiny)
@@ -90,7 +92,9 @@ def test_weights_only_loading_refuses_pickled_code(tmp_path):
 
     evil = tmp_path / "evil.pth"
     torch.save({"image_encoder.patch_embed.proj.weight": Payload()}, evil)
-    with pytest.raises(CheckpointError, match="evil.pth: cannot read checkpoint"):
+    with pytest.raises(
+        CheckpointError, match="evil.pth: not a PyTorch weights file, or it holds code; refused"
+    ):
         build_segmenter(TrainConfig(sam_checkpoint=str(evil)))
 
 
@@ -180,9 +184,7 @@ def test_fused_attention_matches_segment_anything_attention(size):
             block.attn.__class__ = FusedAttention
         assert torch.allclose(fused, reference, atol=1e-5), (fused - reference).abs().max()
     # Same parameters as segment_anything's own modules: official checkpoints load unchanged.
-    assert set(build_sam("vit_b").state_dict()) == set(
-        sam_model_registry["vit_b"]().state_dict()
-    )
+    assert set(build_sam("vit_b").state_dict()) == set(sam_model_registry["vit_b"]().state_dict())
 
 
 def test_fused_attention_gradients_match():

@@ -122,7 +122,10 @@ def test_best_checkpoint_round_trip(tiny_data, tiny_config, tmp_path):
 def test_corrupt_and_foreign_checkpoints_are_named(tmp_path):
     truncated = tmp_path / "best.pt"
     truncated.write_bytes(b"PK\x03\x04 truncated zip")
-    with pytest.raises(CheckpointError, match="best.pt: cannot read checkpoint"):
+    with pytest.raises(
+        CheckpointError,
+        match="best.pt: not a PyTorch weights file, or it holds code; refused for safety",
+    ):
         load_checkpoint(truncated)
     foreign = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)

@@ -14,6 +14,7 @@ from tuner.config import TrainConfig
 from tuner.errors import CheckpointError, ConfigError
 from tuner.fsutil import atomic_write
 from tuner.model import Segmenter, build_segmenter
+from tuner.model.backbone import load_weights_file
 
 FORMAT = "sam-tuner/1"
 CHECKPOINT_NAME = "best.pt"
@@ -52,14 +53,7 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint (corrupt or truncated?): {exc}"
-        ) from None
+    payload = load_weights_file(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         hint = ""
         if isinstance(payload, dict) and "image_encoder.patch_embed.proj.weight" in payload:

@@ -30,12 +30,53 @@ def main() -> None:
     quantize the winner with Intel Neural Compressor."""
 
 
+COUNT = click.IntRange(min=1)
+SIDE = click.IntRange(min=32)  # image sides in pixels
+POSITIVE = click.FloatRange(min=0, min_open=True)  # also refuses nan
 STORAGE = click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
+FROM_SCRATCH = click.option(
+    "--from-scratch",
+    is_flag=True,
+    help="start sam_tiny from random weights (sam_tiny_scratch), not the shipped stand-in",
+)
 CACHE_LIMIT = click.option(
     "--cache-limit",
     help="size limit of the frozen-prefix feature cache, e.g. 20G (default: $TUNER_CACHE_LIMIT "
     "or 20G); least recently used feature sets are evicted",
 )
+
+
+def _study_name(ctx, param, value):
+    from tuner.space import check_study_name
+
+    if value is None:
+        return None
+    try:
+        return check_study_name(value, "--study")
+    except UserError as exc:
+        raise click.BadParameter(str(exc).removeprefix(f"--study={value!r}: ")) from None
+
+
+def study_option(required: bool = True, help_text: str = "study name"):
+    return click.option("--study", required=required, callback=_study_name, help=help_text)
+
+
+def out_option(help_text: str, required: bool = False, folder: bool = True):
+    """--out, checked before any work starts: a file where a folder belongs (or the reverse)
+    is refused then, not after training."""
+
+    def check(ctx, param, value):
+        return None if value is None else paths.check_output(value, folder)
+
+    name = "out_dir" if folder else "out_file"
+    return click.option(
+        "--out",
+        name,
+        type=click.Path(path_type=Path),
+        required=required,
+        help=help_text,
+        callback=check,
+    )
 
 
 def data_option(help_text: str):
@@ -49,13 +90,15 @@ def data() -> None:
 
 
 @data.command("synth")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--train", default=64, show_default=True, help="training images")
-@click.option("--val", default=16, show_default=True, help="validation images")
-@click.option("--test", default=0, show_default=True, help="test images")
-@click.option("--height", default=256, show_default=True)
-@click.option("--width", default=512, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@out_option("dataset root to write", required=True)
+@click.option("--train", default=64, show_default=True, type=COUNT, help="training images")
+@click.option("--val", default=16, show_default=True, type=COUNT, help="validation images")
+@click.option(
+    "--test", default=0, show_default=True, type=click.IntRange(min=0), help="test images"
+)
+@click.option("--height", default=256, show_default=True, type=SIDE)
+@click.option("--width", default=512, show_default=True, type=SIDE)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 def data_synth(out_dir: Path, train, val, test, height, width, seed) -> None:
     """Write a synthetic Cityscapes-format dataset (images, labelIds, color, instanceIds,
     polygons.json, disparity)."""
@@ -79,14 +122,14 @@ def config_options(fn):
         click.option("--model", help="sam_tiny | vit_b | vit_l | vit_h"),
         click.option("--head", help="linear | conv | mask_decoder"),
         click.option("--loss", help="ce | ohem_ce | focal | dice | ce_dice | lovasz | boundary_ce"),
-        click.option("--freeze-depth", type=int),
-        click.option("--lr", type=float),
-        click.option("--batch-size", type=int),
-        click.option("--epochs", type=int),
-        click.option("--image-size", type=int, nargs=2, help="training crop H W"),
-        click.option("--seed", type=int),
+        click.option("--freeze-depth", type=click.IntRange(min=0)),
+        click.option("--lr", type=POSITIVE),
+        click.option("--batch-size", type=COUNT),
+        click.option("--epochs", type=COUNT),
+        click.option("--image-size", type=SIDE, nargs=2, help="training crop H W"),
+        click.option("--seed", type=click.IntRange(min=0)),
         click.option("--device", help="auto | cpu | cuda | cuda:N"),
-        click.option("--threads", type=int, help="CPU threads"),
+        click.option("--threads", type=COUNT, help="CPU threads"),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -109,22 +152,28 @@ def build_config(config_file: Path | None, **flags) -> TrainConfig:
     type=click.Path(path_type=Path),
     help="official SAM checkpoint (sam_vit_b/l/h .pth) to start from",
 )
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="run folder")
+@FROM_SCRATCH
+@out_option("run folder (default: studies/runs/MODEL-HEAD-LOSS)")
 @CACHE_LIMIT
-def train(config_file, data_root, checkpoint, out_dir, cache_limit, **flags) -> None:
+def train(config_file, data_root, checkpoint, from_scratch, out_dir, cache_limit, **flags) -> None:
     """Fine-tune one configuration and print its metrics."""
     from tuner.data.cityscapes import CityscapesDataset
     from tuner.model import resolve_model
+    from tuner.model.backbone import scratch_variant
     from tuner.tables import metrics_table
     from tuner.train import fit
 
     config = build_config(config_file, **flags)
+    if checkpoint is not None and from_scratch:
+        raise click.UsageError("--checkpoint and --from-scratch exclude each other")
     if checkpoint is not None:
         config = resolve_model(config.replace(sam_checkpoint=str(checkpoint)))
+    if from_scratch:
+        config = config.replace(model=scratch_variant(config.model))
     root = data_root or paths.synthetic_data()
     train_set = CityscapesDataset(root, "train", limit=config.train_limit)
     val_set = CityscapesDataset(root, "val", limit=config.val_limit)
-    out_dir = out_dir or paths.runs_dir() / f"{config.model}-{config.head}-{config.loss}"
+    out_dir = out_dir or paths.inside_home("runs", f"{config.model}-{config.head}-{config.loss}")
     cache = paths.feature_cache(cache_limit)
     summary = fit(config, train_set, val_set, out_dir=out_dir, cache=cache)
     click.echo(
@@ -145,7 +194,7 @@ def train(config_file, data_root, checkpoint, out_dir, cache_limit, **flags) -> 
     help="quantized model folder written by `tuner quantize`",
 )
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@out_option("folder for the colour labels and overlays", required=True)
 def predict(checkpoint, model_dir, images, out_dir) -> None:
     """Segment IMAGES; write colour label PNGs and overlays."""
     from tuner.predict import load_predictor, predict_files
@@ -159,12 +208,7 @@ def predict(checkpoint, model_dir, images, out_dir) -> None:
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
 @click.option("--data", "data_root", type=click.Path(path_type=Path), required=True)
 @click.option("--split", default="val", show_default=True)
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(path_type=Path),
-    help="also write label-id PNGs for the official evaluation",
-)
+@out_option("also write label-id PNGs for the official evaluation")
 @click.option("--device", default="auto", show_default=True)
 def evaluate(checkpoint, data_root, split, out_dir, device) -> None:
     """Metrics of a checkpoint on a Cityscapes split."""
@@ -181,17 +225,20 @@ def evaluate(checkpoint, data_root, split, out_dir, device) -> None:
 
 # Search --------------------------------------------------------------------------------------
 @main.command()
-@click.option("--study", required=True, help="study name; its space is search_spaces/NAME.yaml")
+@study_option(help_text="study name; its space is search_spaces/NAME.yaml")
 @click.option("--space", "space_file", type=click.Path(path_type=Path), help="search space YAML")
-@click.option("--trials", type=int, help="run N more trials (default: the space's total budget)")
-@click.option("--timeout", type=float, help="stop starting trials after S seconds")
+@click.option("--trials", type=COUNT, help="run N more trials (default: the space's total budget)")
+@click.option("--timeout", type=POSITIVE, help="stop starting trials after S seconds")
 @STORAGE
 @click.option("--artifacts", help="artifact folder or s3://bucket (default: studies/artifacts)")
 @data_option("Cityscapes root (default: the embedded synthetic set)")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="official SAM .pth")
-@click.option("--jobs", default=1, show_default=True, help="worker processes on this machine")
+@FROM_SCRATCH
+@click.option(
+    "--jobs", default=1, show_default=True, type=COUNT, help="worker processes on this machine"
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="default: auto")
-@click.option("--threads", type=int, help="CPU threads per worker")
+@click.option("--threads", type=COUNT, help="CPU threads per worker")
 @click.option("--no-report", is_flag=True, help="do not refresh the dashboard figures at the end")
 @CACHE_LIMIT
 def run(
@@ -203,6 +250,7 @@ def run(
     artifacts,
     data_root,
     checkpoint,
+    from_scratch,
     jobs,
     device,
     threads,
@@ -222,6 +270,7 @@ def run(
         artifacts=artifacts,
         data_root=str(data_root) if data_root else None,
         checkpoint=str(checkpoint) if checkpoint else None,
+        from_scratch=from_scratch,
         device=device,
         threads=threads,
         jobs=jobs,
@@ -256,7 +305,7 @@ def _print_leaderboard(study_name, storage_url, study=None) -> None:
     from tuner.study import leaderboard_rows, load_existing_study, open_storage
     from tuner.tables import table
 
-    study = study or load_existing_study(study_name, open_storage(storage_url))
+    study = study or load_existing_study(study_name, open_storage(storage_url, create=False))
     rows, headers = leaderboard_rows(study)
     click.echo(f"\nleaderboard of study {study.study_name!r} ({len(study.trials)} trials)")
     click.echo(table(rows, headers))
@@ -266,7 +315,7 @@ def _print_leaderboard(study_name, storage_url, study=None) -> None:
 @STORAGE
 @click.option("--artifacts", help="artifact folder (default: the one the study recorded)")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
 def dashboard(storage, artifacts, host, port) -> None:
     """Serve optuna-dashboard on the study storage, with checkpoints as artifacts."""
     from tuner.dashboard import serve
@@ -302,7 +351,7 @@ def cache(cache_limit, clear) -> None:
 
 
 @main.command()
-@click.option("--study", required=True)
+@study_option()
 @STORAGE
 def best(study, storage) -> None:
     """The best trial (or Pareto front): params, metrics and checkpoint."""
@@ -314,7 +363,7 @@ def best(study, storage) -> None:
 # Quantization ----------------------------------------------------------------------------------
 @main.command()
 @click.argument("target", nargs=-1)
-@click.option("--study", help="study whose best trial (or trial N) to quantize")
+@study_option(required=False, help_text="study whose best trial (or trial N) to quantize")
 @STORAGE
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="a sam-tuner checkpoint")
 @data_option("Cityscapes root (default: the study's data)")
@@ -325,13 +374,17 @@ def best(study, storage) -> None:
     show_default=True,
 )
 @click.option(
-    "--tolerance", type=float, default=1.0, show_default=True, help="allowed mIoU drop in points"
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="allowed mIoU drop in points",
 )
-@click.option("--calib", type=int, default=16, show_default=True, help="calibration images")
+@click.option("--calib", type=COUNT, default=16, show_default=True, help="calibration images")
 @click.option("--backend", type=click.Choice(["inc", "ipex"]), default="inc", show_default=True)
 @click.option("--no-compile", is_flag=True, help="measure eager models (faster, no int8 kernels)")
-@click.option("--val-limit", type=int, help="evaluate on the first N val images")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="output folder")
+@click.option("--val-limit", type=COUNT, help="evaluate on the first N val images")
+@out_option("output folder (default: studies/quantized/STUDY-trialN)")
 def quantize(
     target,
     study,
@@ -363,7 +416,7 @@ def quantize(
     )
     if checkpoint is not None and not target:
         root = data_root or paths.synthetic_data(progress=False)
-        out_dir = out_dir or paths.home() / "quantized" / Path(checkpoint).stem
+        out_dir = out_dir or paths.inside_home("quantized", Path(checkpoint).stem)
         report = quantize_checkpoint(checkpoint, root, out_dir, options, log=click.echo)
     elif target and target[0] in ("best", "trial") and study:
         number = None
@@ -385,14 +438,9 @@ def quantize(
 
 # Report ----------------------------------------------------------------------------------------
 @main.command()
-@click.option("--study", required=True)
+@study_option()
 @STORAGE
-@click.option(
-    "--out",
-    "out_file",
-    type=click.Path(path_type=Path),
-    help="HTML file (default: studies/reports/NAME.html)",
-)
+@out_option("HTML file (default: studies/reports/NAME.html)", folder=False)
 @click.option(
     "--png",
     "png_dir",
@@ -405,10 +453,10 @@ def report(study, storage, out_file, png_dir, no_dashboard) -> None:
     from tuner.report import attach_to_dashboard, build_sections, export_png, write_report
     from tuner.study import load_existing_study, open_storage
 
-    loaded = load_existing_study(study, open_storage(storage))
+    loaded = load_existing_study(study, open_storage(storage, create=False))
     sections = build_sections(loaded)
     out_file = write_report(
-        loaded, out_file or paths.home() / "reports" / f"{study}.html", sections
+        loaded, out_file or paths.inside_home("reports", f"{study}.html"), sections
     )
     click.echo(f"report: {out_file}")
     if not no_dashboard:

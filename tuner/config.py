@@ -27,7 +27,7 @@ class TrainConfig:
     """Everything that decides what one fine-tuning run does (and nothing about where data is)."""
 
     # What is trained.
-    model: str = "sam_tiny"  # sam_tiny | vit_b | vit_l | vit_h
+    model: str = "sam_tiny"  # sam_tiny (pretrained stand-in) | sam_tiny_scratch | vit_b/l/h
     head: str = "conv"  # see tuner.model.heads.HEADS
     loss: str = "ce"  # see tuner.losses.LOSSES
     freeze_depth: int = 0  # patch/pos embedding + the first k encoder blocks are frozen
@@ -194,9 +194,19 @@ def coerce_field(key: str, value: Any, source: str = "config") -> Any:
             return tuple(_strict(cast, v) for v in value)
         return _strict(TrainConfig.field_type(key), value)
     except (TypeError, ValueError):
+        got = type(value).__name__
+        if isinstance(value, float | str) and _is_non_finite(value):
+            got = "a value that is not finite"
         raise ConfigError(
-            f"{source}: {key}={value!r}: expected {_type_name(key)}, got {type(value).__name__}"
+            f"{source}: {key}={value!r}: expected {_type_name(key)}, got {got}"
         ) from None
+
+
+def _is_non_finite(value: float | str) -> bool:
+    try:
+        return not math.isfinite(float(value))
+    except ValueError:
+        return False
 
 
 def _strict(cast: type, value: Any) -> Any:
@@ -214,7 +224,7 @@ def _strict(cast: type, value: Any) -> Any:
             raise TypeError
         number = float(value)  # YAML reads 3e-4 (no dot) as a string
         if not math.isfinite(number):
-            raise ValueError
+            raise ValueError  # nan and inf are never a learning rate, a ratio or a size
         return number
     if cast is str:
         if not isinstance(value, str):

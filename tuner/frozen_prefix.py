@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from tuner.cache import FeatureCache, FeatureSet, fingerprint_files, fingerprint_tensors
+from tuner.cache import FeatureCache, FeatureSet, fingerprint_tensors
 from tuner.config import TrainConfig
 from tuner.data.transforms import Augment, AugmentedSet, view_image, view_label
 from tuner.hardware import autocast, precision_name
@@ -37,10 +37,8 @@ DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 def dataset_fingerprint(dataset) -> str | None:
     """Of the image files a dataset reads; None for datasets that are not file-backed."""
-    samples, root = getattr(dataset, "samples", None), getattr(dataset, "root", None)
-    if samples is None or root is None:
-        return None
-    return fingerprint_files((s.image for s in samples), root)
+    fingerprint = getattr(dataset, "fingerprint", None)
+    return fingerprint(targets=False) if fingerprint is not None else None
 
 
 def prefix_key(model: Segmenter, config: TrainConfig, data: str, device: torch.device) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tuner.cache import DEFAULT_LIMIT, FeatureCache, parse_size
 from tuner.data import synth
+from tuner.errors import ConfigError
 
 
 def home() -> Path:
@@ -16,13 +17,29 @@ def home() -> Path:
 def default_storage_url() -> str:
     """One SQLite file for all studies: plain `optuna-dashboard sqlite:///studies/tuner.db` opens
     it, and it supports heartbeats (unlike journal files)."""
-    path = home() / "tuner.db"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return f"sqlite:///{home() / 'tuner.db'}"
+
+
+def inside_home(*parts: str) -> Path:
+    """A default output path under the tuner home; names that would climb out are refused."""
+    root = home().resolve()
+    path = root.joinpath(*parts).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(f"{'/'.join(parts)}: resolves outside {root}")
+    return path
 
 
 def default_artifact_dir() -> Path:
     return home() / "artifacts"
+
+
+def check_output(path: Path, folder: bool = True) -> Path:
+    """Refuse an --out that cannot be written before any work starts (nothing is created)."""
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"--out {path}: exists and is not a folder")
+    if not folder and path.is_dir():
+        raise ConfigError(f"--out {path}: is a folder; give a file name")
+    return path
 
 
 def feature_cache(limit: str | int | None = None) -> FeatureCache:

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from tuner.data.cityscapes import CityscapesDataset, read_image
+from tuner.data.cityscapes import CityscapesDataset
 from tuner.data.labels import decode_target, train_ids_to_label_ids
+from tuner.data.readers import read_image
 from tuner.data.transforms import image_tensor, normalize
 from tuner.errors import UserError
 from tuner.hardware import resolve_device
@@ -50,10 +51,10 @@ def load_predictor(
 
 def predict_files(predictor: Predictor, images: list[Path], out_dir: Path) -> Iterator[Path]:
     """For each image: <stem>_color.png (Cityscapes palette) and <stem>_overlay.png."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     for path in images:
         image = read_image(Path(path), mode="RGB")
         train_ids = predictor(image)
+        out_dir.mkdir(parents=True, exist_ok=True)  # only once there is something to write
         stem = Path(path).stem
         color_path = out_dir / f"{stem}_color.png"
         overlay_path = out_dir / f"{stem}_overlay.png"
@@ -66,9 +67,9 @@ def predict_files(predictor: Predictor, images: list[Path], out_dir: Path) -> It
 def label_id_writer(dataset: CityscapesDataset, out_dir: Path):
     """An `on_prediction` hook writing <city_seq_frame>_pred_labelIds.png as uint8 label ids,
     the form `csEvalPixelLevelSemanticLabeling` and the benchmark server read."""
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     def write(index: int, train_ids: torch.Tensor) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
         label_ids = train_ids_to_label_ids(train_ids.numpy().astype(np.uint8))
         name = f"{dataset.samples[index].stem}_pred_labelIds.png"
         Image.fromarray(label_ids).save(out_dir / name)

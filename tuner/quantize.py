@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from tuner.config import TrainConfig
-from tuner.errors import UserError
+from tuner.errors import CheckpointError, ConfigError, UserError
 from tuner.fsutil import replace_dir, staging_dir
 from tuner.hardware import cpu_info, isa_summary
 from tuner.inference import evaluate, pad_to_crop, predict_logits, windows
@@ -281,6 +281,31 @@ def save_quantized(model, method: str, example, folder: Path) -> None:
         model.save(example_inputs=example, output_dir=str(target))
 
 
+def read_meta(folder: Path) -> dict[str, Any]:
+    """quantization.json, checked field by field: a broken file is one line naming the field."""
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{folder}: not a quantized model folder (no {META_FILE})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{meta_path}: expected a JSON object")
+    if meta.get("method") not in METHODS:
+        raise CheckpointError(
+            f"{meta_path}: field 'method' is {meta.get('method')!r}; "
+            f"expected one of {', '.join(METHODS)}"
+        )
+    if not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{meta_path}: field 'config' is missing or not a mapping")
+    try:
+        config = TrainConfig.from_dict(meta["config"], source=f"{meta_path}: field 'config'")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    return {**meta, "config": config}
+
+
 def load_quantized(folder: str | Path):
     """(model, TrainConfig) from a folder written by `tuner quantize`."""
     _quiet_inc()
@@ -289,11 +314,8 @@ def load_quantized(folder: str | Path):
     from tuner.model import build_segmenter
 
     folder = Path(folder)
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise UserError(f"{folder}: not a quantized model folder (no {META_FILE})")
-    meta = json.loads(meta_path.read_text())
-    config = TrainConfig.from_dict(meta["config"], source=str(meta_path))
+    meta = read_meta(folder)
+    config = meta["config"]
     if meta["method"] == "weight_only":
         # INC restores only the quantized Linear layers into `original_model`; everything else
         # (convolutions, norms, position tables) comes from the same saved file, here.
@@ -557,7 +579,7 @@ def quantize_trial(
         open_storage,
     )
 
-    study = load_existing_study(study_name, open_storage(storage_url))
+    study = load_existing_study(study_name, open_storage(storage_url, create=False))
     if trial_number is None:
         best = best_trials(study)
         if not best:
@@ -568,7 +590,7 @@ def quantize_trial(
     data_root = data_root or study.user_attrs.get("data_root")
     if data_root is None:
         raise UserError(f"study {study_name!r} does not record its data; pass --data DIR")
-    out_dir = out_dir or paths.home() / "quantized" / f"{study_name}-trial{trial.number}"
+    out_dir = out_dir or paths.inside_home("quantized", f"{study_name}-trial{trial.number}")
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = fetch_checkpoint(study, trial, Path(tmp) / "best.pt")
         log(f"study {study_name!r}, trial {trial.number}: {trial.params}")

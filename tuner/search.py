@@ -18,12 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 
 from tuner import paths
 from tuner.config import TrainConfig
-from tuner.errors import UserError
+from tuner.data.check import require_valid
+from tuner.data.cityscapes import CityscapesDataset
+from tuner.errors import ConfigError, UserError
 from tuner.hardware import cpu_count
 from tuner.model import resolve_model
+from tuner.model.backbone import scratch_variant
 from tuner.objective import TrialRunner
 from tuner.space import SearchSpace, find_space, load_space
 from tuner.study import (
@@ -48,6 +52,7 @@ class RunOptions:
     artifacts: str | None = None
     data_root: str | None = None
     checkpoint: str | None = None
+    from_scratch: bool = False  # sam_tiny from random weights instead of the shipped stand-in
     device: str | None = None
     threads: int | None = None
     jobs: int = 1
@@ -77,8 +82,19 @@ def load_run_space(options: RunOptions) -> SearchSpace:
 
 
 def plan(options: RunOptions) -> list[WorkerPlan]:
+    """Everything checked and resolved before the first trial: a mistake stops here, before
+    the study is created or a trial runs."""
     space = load_run_space(options)
+    paths.feature_cache(options.cache_limit)  # a bad --cache-limit is an error now
+    model = None
+    if options.checkpoint and options.from_scratch:
+        raise UserError("--checkpoint and --from-scratch exclude each other")
+    if options.checkpoint:
+        model = resolve_model(TrainConfig(sam_checkpoint=options.checkpoint)).model
+    if options.from_scratch:
+        model = _scratch_model(space)
     data_root = options.data_root or str(paths.synthetic_data(space.synthetic))
+    preflight(space, Path(data_root))
     storage = open_storage(options.storage)
     study = open_study(space, storage, options.artifacts)
     study.set_user_attr("data_root", str(Path(data_root).resolve()))
@@ -86,16 +102,51 @@ def plan(options: RunOptions) -> list[WorkerPlan]:
         budget: int | None = counted_trials(study) + options.trials
     else:
         budget = space.trial_budget
-    jobs = max(1, options.jobs)
+    jobs = options.jobs
+    if jobs < 1 or (options.threads is not None and options.threads < 1):
+        raise UserError("--jobs and --threads must be at least 1")
     devices = _worker_devices(options.device, jobs)
     threads = options.threads or (max(1, cpu_count() // jobs) if jobs > 1 else None)
-    model = None
-    if options.checkpoint:
-        model = resolve_model(TrainConfig(sam_checkpoint=options.checkpoint)).model
     return [
         WorkerPlan(options, space, data_root, budget, i, devices[i], threads, model)
         for i in range(jobs)
     ]
+
+
+def preflight(space: SearchSpace, data_root: Path) -> None:
+    """The data against the space, before the first trial: both splits there and clean, the
+    largest batch the space can draw no larger than the training set, and every crop it can
+    draw fillable from the smallest training image at the largest scale."""
+    fixed = TrainConfig.from_dict(space.fixed, source=space.source)
+    train = CityscapesDataset(data_root, "train", limit=fixed.train_limit)
+    val = CityscapesDataset(data_root, "val", limit=fixed.val_limit)
+    for dataset in (train, val):
+        require_valid(dataset, dataset.fingerprint())
+    batch = max(space.possible_values("batch_size"))
+    if batch > len(train):
+        raise ConfigError(
+            f"{space.source}: batch_size={batch} is larger than the training set "
+            f"({len(train)} images in {train.images_dir})"
+        )
+    smallest = min(train.image_sizes(), key=lambda hw: hw[0] * hw[1])
+    scale = max(high for _, high in space.possible_values("scale_range"))
+    for crop in space.possible_values("image_size"):
+        if crop[0] > smallest[0] * scale or crop[1] > smallest[1] * scale:
+            raise ConfigError(
+                f"{space.source}: image_size={list(crop)} is larger than the smallest training "
+                f"image ({smallest[0]}x{smallest[1]}) even at scale {scale}: its crops would "
+                "be mostly padding"
+            )
+
+
+def _scratch_model(space: SearchSpace) -> str:
+    """--from-scratch: the space's one model, as its random-weights variant."""
+    if any(p.name == "model" for p in space.params):
+        raise UserError(
+            f"--from-scratch: {space.source} varies the model; list sam_tiny_scratch among its "
+            "choices instead"
+        )
+    return scratch_variant(space.fixed.get("model", TrainConfig().model))
 
 
 def _worker_devices(device: str | None, jobs: int) -> list[str | None]:
@@ -110,14 +161,27 @@ def _worker_devices(device: str | None, jobs: int) -> list[str | None]:
 
 
 def run(options: RunOptions) -> optuna.Study:
-    """Run the study to its budget (or timeout) and return it."""
+    """Run the study to its budget (or timeout) and return it. A run whose trials all failed
+    is an error that says why, not a leaderboard of failures with exit status 0."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     plans = plan(options)
+    storage = open_storage(options.storage)
+    before = len(optuna.load_study(study_name=options.study, storage=storage).trials)
     if len(plans) == 1:
         run_worker(plans[0])
     else:
         _run_processes(plans)
-    return optuna.load_study(study_name=options.study, storage=open_storage(options.storage))
+    study = optuna.load_study(study_name=options.study, storage=storage)
+    started = [t for t in study.trials if t.number >= before]
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    if started and not any(t.state in finished for t in started):
+        first = next((t for t in started if t.state == TrialState.FAIL), started[0])
+        reason = first.user_attrs.get("fail_reason", first.state.name)
+        raise UserError(
+            f"study {options.study!r}: none of the {len(started)} trial(s) this run started "
+            f"completed; trial {first.number}: {reason}"
+        )
+    return study
 
 
 def _run_processes(plans: list[WorkerPlan]) -> None:

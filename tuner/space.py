@@ -10,6 +10,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,18 @@ TOP_LEVEL_KEYS = {
     "fault_tolerance",
     "synthetic",
 }
+
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_study_name(name: object, where: str = "study") -> str:
+    """Study names become file names (reports, quantized models): letters, digits, _ . -."""
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(
+            f"{where}={name!r}: a study name may hold only letters, digits, '_', '.' and '-'"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -117,6 +130,16 @@ class SearchSpace:
     def multi_objective(self) -> bool:
         return len(self.objectives) > 1
 
+    def possible_values(self, name: str) -> list[Any]:
+        """What a trial's `name` can be: the fixed value, the choices or the range's ends, or
+        TrainConfig's default."""
+        param = next((p for p in self.params if p.name == name), None)
+        if param is not None:
+            return list(param.choices) if param.kind == "categorical" else [param.low, param.high]
+        if name in self.fixed:
+            return [self.fixed[name]]
+        return [getattr(TrainConfig(), name)]
+
     def grid(self) -> dict[str, list[Any]]:
         return {p.name: p.grid_values(self.source) for p in self.params}
 
@@ -171,9 +194,7 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     _no_unknown(raw, TOP_LEVEL_KEYS, source, "")
-    study = raw.get("study")
-    if not isinstance(study, str) or not study:
-        raise ConfigError(f"{source}: study: expected a non-empty name")
+    study = check_study_name(raw.get("study"), f"{source}: study")
 
     objectives = _objectives(raw, source)
     sampler = _component(raw.get("sampler") or {"name": "tpe"}, "sampler", source)
@@ -196,6 +217,8 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
         raise ConfigError(f"{source}: fixed: expected a mapping of TrainConfig fields")
     _no_unknown(fixed, set(TrainConfig.field_names()), source, "fixed.")
     fixed = {k: coerce_field(k, v, f"{source}: fixed") for k, v in fixed.items()}
+    # The fixed values alone first, so that their mistakes are not blamed on a param.
+    TrainConfig.from_dict(fixed, source=f"{source}: fixed")
 
     raw_params = raw.get("params") or {}
     if not isinstance(raw_params, dict) or not raw_params:

@@ -65,18 +65,25 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
     return PRUNERS[space.pruner["name"]](**options)
 
 
-def open_storage(url: str | None = None, fault: FaultTolerance | None = None) -> BaseStorage:
+def open_storage(
+    url: str | None = None, fault: FaultTolerance | None = None, create: bool = True
+) -> BaseStorage:
     """SQLite under studies/ by default; any SQLAlchemy URL (PostgreSQL for several machines);
     a path ending in .log/.jsonl for a journal file (NFS-friendly, but without heartbeats).
 
     With `fault`, RDB storages beat a heartbeat, and a trial whose worker died is failed and
-    re-queued with the same params by Optuna's RetryHeartbeatStaleTrialCallback.
+    re-queued with the same params by Optuna's RetryHeartbeatStaleTrialCallback. Without
+    `create` (read-only commands), a SQLite or journal file that does not exist is an error
+    instead of a new, empty database.
     """
     url = url or paths.default_storage_url()
+    local = _local_file(url)
+    if local is not None and not create and not local.exists():
+        raise StudyError(f"no study storage at {local} yet: `tuner run --study NAME` creates it")
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
     if url.endswith((".log", ".jsonl")) or url.startswith("journal:"):
-        path = url.removeprefix("journal:").removeprefix("//")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
+        return JournalStorage(JournalFileBackend(str(local)))
     kwargs: dict[str, Any] = {}
     if fault is not None:
         kwargs = {
@@ -88,7 +95,6 @@ def open_storage(url: str | None = None, fault: FaultTolerance | None = None) ->
         }
     engine_kwargs = None
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
     for attempt in range(3):
         try:
@@ -105,6 +111,15 @@ def open_storage(url: str | None = None, fault: FaultTolerance | None = None) ->
                 raise UserError(f"storage {redact(url)}: cannot open: {exc}") from None
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
+
+
+def _local_file(url: str) -> Path | None:
+    """The file behind a SQLite or journal storage URL (None for database servers)."""
+    if url.endswith((".log", ".jsonl")) or url.startswith("journal:"):
+        return Path(url.removeprefix("journal:").removeprefix("//"))
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return Path(url.removeprefix("sqlite:///"))
+    return None
 
 
 def redact(url: str) -> str:
@@ -304,7 +319,10 @@ def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
 
 
 def list_studies(storage_url: str | None) -> list[list[Any]]:
-    storage = open_storage(storage_url)
+    try:
+        storage = open_storage(storage_url, create=False)
+    except StudyError:
+        return []
     rows = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
@@ -330,7 +348,7 @@ def list_studies(storage_url: str | None) -> list[list[Any]]:
 
 
 def describe_best(study_name: str, storage_url: str | None) -> str:
-    study = load_existing_study(study_name, open_storage(storage_url))
+    study = load_existing_study(study_name, open_storage(storage_url, create=False))
     best = best_trials(study)
     if not best:
         raise StudyError(f"study {study_name!r} has no completed trial yet")

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from tuner.cache import FeatureCache
 from tuner.checkpoint import save_checkpoint
 from tuner.config import FitSummary, TrainConfig
+from tuner.data.check import require_valid
 from tuner.data.transforms import Augment, AugmentedSet
 from tuner.errors import ConfigError, UserError
 from tuner.frozen_prefix import PrefixFeatures
@@ -76,6 +77,9 @@ class Trainer:
         self, config: TrainConfig, train_set, val_set, cache: FeatureCache | None = None, log=print
     ):
         self.config, self.val_set = config, val_set
+        for dataset in (train_set, val_set):  # bad labels stop here, not as a wrong model
+            if hasattr(dataset, "fingerprint"):
+                require_valid(dataset, dataset.fingerprint())
         self.device = resolve_device(config.device)
         configure_threads(config.threads)
         seed_everything(config.seed)

@@ -7,10 +7,10 @@ nothing of models or studies; `tuner.train` decides what the keys and entries ar
 
 - `FeatureCache`: the folder (size limit, least-recently-used eviction, usage report).
 - `FeatureSet`: one key's entries (atomic writes, reads that never return a stale or torn file).
-- `fingerprint_*`: content hashes for keys.
+- `fingerprint_tensors`, `key_digest`: content hashes for keys.
 """
 
-from tuner.cache._fingerprint import fingerprint_files, fingerprint_tensors, key_digest
+from tuner.cache._fingerprint import fingerprint_tensors, key_digest
 from tuner.cache._folder import DEFAULT_LIMIT, CacheUsage, FeatureCache, parse_size
 from tuner.cache._set import FeatureSet
 
@@ -19,7 +19,6 @@ __all__ = [
     "CacheUsage",
     "FeatureCache",
     "FeatureSet",
-    "fingerprint_files",
     "fingerprint_tensors",
     "key_digest",
     "parse_size",

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from tuner.data.check import label_id_problem, size_problem
 from tuner.data.labels import encode_target
+from tuner.data.readers import read_image
 from tuner.errors import DatasetError
+from tuner.fsutil import fingerprint_files
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -93,6 +96,21 @@ class CityscapesDataset:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(H, W) of every image, from the file headers (nothing is decoded)."""
+        sizes = []
+        for sample in self.samples:
+            with Image.open(sample.image) as img:
+                sizes.append((img.height, img.width))
+        return sizes
+
+    def fingerprint(self, targets: bool = True) -> str:
+        """Of the files this split reads (path, size, mtime): any change to them changes it."""
+        files = [s.image for s in self.samples]
+        if targets:
+            files += [path for s in self.samples for path in s.targets.values()]
+        return fingerprint_files(files, self.root)
+
     def image(self, index: int) -> np.ndarray:
         """(H, W, 3) uint8 RGB."""
         return read_image(self.samples[index].image, mode="RGB")
@@ -105,24 +123,21 @@ class CityscapesDataset:
             except (OSError, json.JSONDecodeError) as exc:
                 raise DatasetError(f"{path}: unreadable polygons file: {exc}") from None
         if target_type == "semantic":
-            return encode_target(read_image(path, mode="L"))
+            label_ids = read_image(path, mode="L")
+            problem = label_id_problem(path, label_ids)
+            if problem is not None:
+                raise DatasetError(problem)
+            return encode_target(label_ids)
         if target_type == "color":
             return read_image(path, mode="RGB")
         return read_image(path, mode=None)  # instance / disparity: 16-bit as stored
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.image(index), self.target(index, self.target_types[0])
-
-
-def read_image(path: Path, mode: str | None) -> np.ndarray:
-    try:
-        with Image.open(path) as img:
-            if mode is not None and img.mode != mode:
-                if mode == "L" and img.mode not in ("L", "P"):
-                    raise DatasetError(
-                        f"{path}: expected a single-channel label image, found mode {img.mode}"
-                    )
-                img = img.convert(mode)
-            return np.array(img)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DatasetError(f"{path}: unreadable image: {exc}") from None
+        image, target = self.image(index), self.target(index, self.target_types[0])
+        if isinstance(target, np.ndarray):
+            sample = self.samples[index]
+            path = sample.targets[self.target_types[0]]
+            problem = size_problem(sample.image, path, image.shape[:2], target.shape[:2])
+            if problem is not None:
+                raise DatasetError(problem)
+        return image, target

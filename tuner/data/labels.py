@@ -23,6 +23,7 @@ PALETTE = np.zeros((256, 3), dtype=np.uint8)
 PALETTE[:NUM_CLASSES] = [lab.color for lab in _TRAIN_LABELS]
 
 # Label id (0..33) -> train id; anything else (and every "ignoreInEval" label) -> 255.
+VALID_LABEL_IDS = np.zeros(256, dtype=bool)  # the ids a *_gtFine_labelIds.png may hold
 LABEL_ID_TO_TRAIN_ID = np.full(256, IGNORE_INDEX, dtype=np.uint8)
 LABEL_COLORS = np.zeros((256, 3), dtype=np.uint8)
 LABEL_ID_BY_NAME: dict[str, int] = {}
@@ -31,6 +32,7 @@ for _lab in _CS_LABELS:
     if _lab.id < 0:
         continue  # "license plate" (id -1) is never written into label images
     LABEL_ID_BY_NAME[_lab.name] = _lab.id
+    VALID_LABEL_IDS[_lab.id] = True
     LABEL_COLORS[_lab.id] = _lab.color
     LABEL_HAS_INSTANCES[_lab.id] = _lab.hasInstances
     if 0 <= _lab.trainId < IGNORE_INDEX:

@@ -121,6 +121,59 @@ class SynthSpec:
     height: int = 256
     width: int = 512
     seed: int = 0
+    style: str = "default"  # see STYLES
+
+
+@dataclass(frozen=True)
+class Style:
+    """How scenes look: camera, palette, light and texture. `default` is the embedded data
+    set; `shifted` is the distribution the pretrained `sam_tiny` stand-in was trained on, so
+    that fine-tuning on the default has a domain gap to close, as SA-1B -> Cityscapes has."""
+
+    horizon: tuple[float, float] = (0.36, 0.5)  # fraction of the height; camera height
+    object_scale: float = 1.0  # apparent size of things (a higher camera sees them smaller)
+    palette_shift: tuple[float, float, float] = (0.0, 0.0, 0.0)  # added to every base colour
+    palette_seed: int | None = None  # per-class colour offsets drawn from this seed
+    palette_spread: float = 0.0  # their size
+    jitter_scale: float = 1.0  # per-object colour jitter
+    texture_scale: float = 1.0  # amplitude of fine and coarse noise
+    noise_cells: tuple[int, int] = (3, 24)  # fine and coarse noise cell sizes
+    shade: tuple[float, float] = (0.8, 0.35)  # brightness = a + b * row / height
+    brightness: tuple[float, float] = (0.75, 1.15)
+    tint: tuple[float, float, float] = (1.0, 1.0, 1.0)  # colour temperature
+    sensor_noise: float = 5.0
+    blur: float = 0.6
+
+    def base_colors(self) -> dict[str, tuple[tuple[float, float, float], float]]:
+        if self.palette_seed is None and not any(self.palette_shift) and self.jitter_scale == 1:
+            return _BASE_COLORS
+        rng = np.random.default_rng(self.palette_seed)
+        out = {}
+        for label, (mean, jitter) in _BASE_COLORS.items():
+            offset = rng.uniform(-self.palette_spread, self.palette_spread, 3)
+            shifted = np.clip(np.add(mean, offset) + self.palette_shift, 0, 255)
+            out[label] = (tuple(float(v) for v in shifted), jitter * self.jitter_scale)
+        return out
+
+
+STYLES = {
+    "default": Style(),
+    "shifted": Style(
+        horizon=(0.22, 0.36),
+        object_scale=0.8,
+        palette_shift=(12.0, -6.0, -18.0),
+        palette_seed=7,
+        palette_spread=35.0,
+        jitter_scale=1.3,
+        texture_scale=1.6,
+        noise_cells=(2, 40),
+        shade=(1.05, -0.3),
+        brightness=(0.55, 1.3),
+        tint=(1.1, 1.0, 0.85),
+        sensor_noise=8.0,
+        blur=1.0,
+    ),
+}
 
 
 @dataclass
@@ -135,9 +188,12 @@ class _Object:
 class _Scene:
     """One street scene: a horizon, a vanishing point and the objects standing on the ground."""
 
-    def __init__(self, rng: np.random.Generator, height: int, width: int) -> None:
-        self.rng, self.h, self.w = rng, height, width
-        self.horizon = height * rng.uniform(0.36, 0.5)
+    def __init__(
+        self, rng: np.random.Generator, height: int, width: int, style: Style = STYLES["default"]
+    ) -> None:
+        self.rng, self.h, self.w, self.style = rng, height, width, style
+        self.colors = style.base_colors()
+        self.horizon = height * rng.uniform(*style.horizon)
         self.vx = width * rng.uniform(0.38, 0.62)
         self.road_half = width * rng.uniform(0.35, 0.6)  # half width of the road at the bottom
         self.walk = width * rng.uniform(0.18, 0.35)  # sidewalk width at the bottom
@@ -146,8 +202,8 @@ class _Scene:
 
     # Geometry -----------------------------------------------------------------------------
     def scale_at(self, y: float) -> float:
-        """Perspective scale: 0 at the horizon, 1 at the bottom row."""
-        return max(0.0, (y - self.horizon) / (self.h - self.horizon))
+        """Perspective scale: 0 at the horizon, `object_scale` at the bottom row."""
+        return max(0.0, (y - self.horizon) / (self.h - self.horizon)) * self.style.object_scale
 
     def road_edges(self, y: float) -> tuple[float, float]:
         s = self.scale_at(y)
@@ -159,7 +215,7 @@ class _Scene:
             instance = self._instances.get(label, 0) + 1
             self._instances[label] = instance
         if color is None:
-            color = _class_color(label, self.rng)
+            color = _class_color(label, self.rng, self.colors)
         self.objects.append(_Object(label, polygon, depth, color, instance))
 
     def place(
@@ -333,8 +389,8 @@ _TEXTURE = {
 }
 
 
-def _class_color(label: str, rng: np.random.Generator) -> tuple[float, float, float]:
-    mean, jitter = _BASE_COLORS[label]
+def _class_color(label: str, rng: np.random.Generator, colors=None) -> tuple[float, float, float]:
+    mean, jitter = (colors or _BASE_COLORS)[label]
     return tuple(float(np.clip(m + rng.normal(0, jitter), 0, 255)) for m in mean)
 
 
@@ -346,7 +402,7 @@ def _noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
 
 def render(scene: _Scene) -> dict[str, np.ndarray | dict]:
     """Rasterise the scene: label ids, instance ids, colour, disparity, RGB and polygons."""
-    h, w, rng = scene.h, scene.w, scene.rng
+    h, w, rng, style = scene.h, scene.w, scene.rng, scene.style
     objects = sorted(scene.objects, key=lambda o: o.depth)
     labels = Image.new("L", (w, h), 0)
     segments = Image.new("I", (w, h), 0)  # index into `objects`, +1
@@ -369,19 +425,20 @@ def render(scene: _Scene) -> dict[str, np.ndarray | dict]:
     image = colors[segment]
     rows = np.arange(h, dtype=np.float32)[:, None]
     cols = np.arange(w, dtype=np.float32)[None, :]
-    fine = _noise(rng, h, w, 3)
-    coarse = _noise(rng, h, w, 24)
+    fine = _noise(rng, h, w, style.noise_cells[0])
+    coarse = _noise(rng, h, w, style.noise_cells[1])
     for label, amp in _TEXTURE.items():
+        amp *= style.texture_scale
         mask = label_ids == LABEL_ID_BY_NAME[label]
         image[mask] += (amp * fine[mask] + 0.5 * amp * coarse[mask])[:, None]
     _paint_patterns(image, label_ids, segment, objects, rows, cols, scene)
 
-    shade = 0.8 + 0.35 * rows / h  # light from above the street, darker far away
-    image *= (shade * rng.uniform(0.75, 1.15))[..., None]
-    image *= rng.uniform(0.9, 1.1, 3)[None, None, :]  # white balance
-    image += rng.normal(0, 5, image.shape)
+    shade = style.shade[0] + style.shade[1] * rows / h  # default: darker far away
+    image *= (shade * rng.uniform(*style.brightness))[..., None]
+    image *= (rng.uniform(0.9, 1.1, 3) * style.tint)[None, None, :]  # white balance
+    image += rng.normal(0, style.sensor_noise, image.shape)
     rgb = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).filter(
-        ImageFilter.GaussianBlur(0.6)
+        ImageFilter.GaussianBlur(style.blur)
     )
 
     ground = np.clip((rows - scene.horizon) / (h - scene.horizon), 0, 1) * np.ones((1, w))
@@ -442,9 +499,11 @@ def _paint_patterns(image, label_ids, segment, objects, rows, cols, scene) -> No
     image[lights & lamp & (rel > 0.66)] = (40, 220, 60)
 
 
-def make_scene(seed: int, split: str, index: int, height: int, width: int) -> dict:
+def make_scene(
+    seed: int, split: str, index: int, height: int, width: int, style: str = "default"
+) -> dict:
     rng = np.random.default_rng([seed, ("train", "val", "test").index(split), index])
-    scene = _Scene(rng, height, width)
+    scene = _Scene(rng, height, width, STYLES[style])
     scene.build()
     return render(scene)
 
@@ -477,7 +536,7 @@ def generate(out_dir: str | Path, spec: SynthSpec, progress: bool = False) -> Pa
 
 def _write_sample(root: Path, split: str, index: int, spec: SynthSpec) -> None:
     city, stem = file_stem(split, index)
-    sample = make_scene(spec.seed, split, index, spec.height, spec.width)
+    sample = make_scene(spec.seed, split, index, spec.height, spec.width, spec.style)
     img_dir = root / "leftImg8bit" / split / city
     gt_dir = root / "gtFine" / split / city
     disp_dir = root / "disparity" / split / city

@@ -3,6 +3,7 @@ loading, and resizing of positional tables for inputs other than the pre-trainin
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,6 +23,8 @@ from tuner.errors import CheckpointError
 from tuner.model.attention import use_fused_attention
 
 PATCH_SIZE = 16
+# The pretrained stand-in for SAM that the embedded default starts from (python -m tuner.pretrain).
+STANDIN_WEIGHTS = Path(__file__).resolve().parent / "weights" / "sam_tiny_standin.pth"
 
 
 @dataclass(frozen=True)
@@ -36,26 +39,46 @@ class EncoderSpec:
     decoder_heads: int = 8
     pretrain_size: int = 1024
     official: bool = True
+    weights: Path | None = None  # what it starts from without --checkpoint (None: random)
 
 
+_TINY = EncoderSpec(
+    embed_dim=128,
+    depth=6,
+    num_heads=4,
+    global_attn_indexes=(2, 5),
+    window_size=8,
+    prompt_dim=128,
+    decoder_mlp_dim=512,
+    decoder_heads=4,
+    pretrain_size=256,
+    official=False,
+)
 ENCODERS: dict[str, EncoderSpec] = {
-    # ~2 M parameters: trains on a laptop CPU in seconds per epoch, same classes as SAM.
-    "sam_tiny": EncoderSpec(
-        embed_dim=128,
-        depth=6,
-        num_heads=4,
-        global_attn_indexes=(2, 5),
-        window_size=8,
-        prompt_dim=128,
-        decoder_mlp_dim=512,
-        decoder_heads=4,
-        pretrain_size=256,
-        official=False,
-    ),
+    # ~2 M parameters, same modules as SAM: trains on a laptop CPU in seconds per epoch. It
+    # starts from the shipped stand-in for SAM's pretrained weights; `sam_tiny_scratch` is the
+    # same model from a seeded random initialisation.
+    "sam_tiny": dataclasses.replace(_TINY, weights=STANDIN_WEIGHTS),
+    "sam_tiny_scratch": _TINY,
     "vit_b": EncoderSpec(768, 12, 12, (2, 5, 8, 11)),
     "vit_l": EncoderSpec(1024, 24, 16, (5, 11, 17, 23)),
     "vit_h": EncoderSpec(1280, 32, 16, (7, 15, 23, 31)),
 }
+
+
+def same_architecture(a: str, b: str) -> bool:
+    """Whether a checkpoint of model `a` fits model `b` (sam_tiny and sam_tiny_scratch do)."""
+    spec_a, spec_b = ENCODERS[a], ENCODERS[b]
+    return dataclasses.replace(spec_a, weights=None) == dataclasses.replace(spec_b, weights=None)
+
+
+def scratch_variant(name: str) -> str:
+    """The model of `name`'s architecture that starts from random weights (`--from-scratch`)."""
+    if ENCODERS[name].weights is None:
+        return name
+    return next(
+        n for n, spec in ENCODERS.items() if spec.weights is None and same_architecture(n, name)
+    )
 
 
 def build_sam(name: str) -> Sam:
@@ -114,22 +137,28 @@ def _build_sam_modules(name: str) -> Sam:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """torch.load with weights_only=True (memory-mapped when the file allows), clear errors."""
     path = Path(path)
+    state = load_weights_file(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def load_weights_file(path: Path):
+    """`torch.load(weights_only=True)`; anything it refuses (random bytes, a truncated file, a
+    pickle that would run code) is one line that never suggests turning the guard off."""
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     try:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
             if "mmap" not in str(exc):
                 raise
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except CheckpointError:
-        raise
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read checkpoint: {exc}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return state
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        raise CheckpointError(
+            f"{path}: not a PyTorch weights file, or it holds code; refused for safety"
+        ) from None
 
 
 def detect_variant(state: dict[str, torch.Tensor], source: str = "checkpoint") -> str:

@@ -14,12 +14,14 @@ from torch import nn
 from tuner.config import TrainConfig
 from tuner.data.labels import NUM_CLASSES
 from tuner.model.backbone import (
+    ENCODERS,
     PATCH_SIZE,
     CheckpointError,
     build_sam,
     detect_variant,
     load_sam_weights,
     read_state_dict,
+    same_architecture,
     set_token_grid,
 )
 from tuner.model.heads import build_head
@@ -142,19 +144,22 @@ def resolve_model(config: TrainConfig) -> TrainConfig:
         return config
     state = read_state_dict(config.sam_checkpoint)
     variant = detect_variant(state, source=config.sam_checkpoint)
-    return config if variant == config.model else config.replace(model=variant)
+    return config if same_architecture(variant, config.model) else config.replace(model=variant)
 
 
 def build_segmenter(config: TrainConfig, pretrained: bool = True) -> Segmenter:
-    """The segmenter a config describes; with `pretrained`, SAM weights from `sam_checkpoint`."""
+    """The segmenter a config describes. With `pretrained`, SAM's weights come from
+    `sam_checkpoint`, else from the model's shipped weights (the `sam_tiny` stand-in), through
+    the same loading path; otherwise (and for models with neither) from a seeded random
+    initialisation."""
     sam = build_sam(config.model)
-    if pretrained and config.sam_checkpoint:
-        source = config.sam_checkpoint
+    source = config.sam_checkpoint or ENCODERS[config.model].weights
+    if pretrained and source:
         state = read_state_dict(source)
-        variant = detect_variant(state, source=source)
-        if variant != config.model:
+        variant = detect_variant(state, source=str(source))
+        if not same_architecture(variant, config.model):
             raise CheckpointError(f"{source}: is a {variant} checkpoint, but model={config.model}")
-        load_sam_weights(sam, state, source)
+        load_sam_weights(sam, state, str(source))
     height, width = config.image_size
     set_token_grid(sam.image_encoder, (height // PATCH_SIZE, width // PATCH_SIZE))
     head = build_head(config.head, sam, NUM_CLASSES)
