@@ -1,11 +1,14 @@
 """Does the shipped stand-in behave like a pretrained encoder? On the embedded default, in one
-run: learning curves from the stand-in against from scratch (the `losses` study's settings
-with CE), and the curve over frozen depth from the stand-in (the `freeze` study's grid), each
-with val mIoU after every epoch. The freeze grid runs with the frozen-prefix cache, as a study
-would.
+run: learning curves from the stand-in (encoder learning rate x0.1, real use's default) against
+sam_tiny_scratch (x1.0, what the spaces used before the stand-in), nothing frozen; then the
+`freeze` study's whole grid (frozen depth x encoder learning-rate multiplier) from the stand-in.
+Each reports val mIoU after every epoch; the grid runs with the frozen-prefix cache, as the
+study does.
 """
 
 from __future__ import annotations
+
+import itertools
 
 from bench.common import machine, scratch_home
 from tuner import paths
@@ -39,27 +42,35 @@ def curve(config: TrainConfig, root, cache) -> dict:
 
 def run(quick: bool = False) -> dict:
     freeze_space = load_space(find_space("freeze"))
-    base = TrainConfig.from_dict({**freeze_space.fixed, "freeze_depth": 0})
+    base = TrainConfig.from_dict(freeze_space.fixed)
     spec = SynthSpec()
-    depths = freeze_space.grid()["freeze_depth"]
+    grid = list(itertools.product(*freeze_space.grid().values()))
     if quick:
         base = base.replace(
             epochs=2, image_size=(64, 128), train_limit=4, val_limit=2, batch_size=2
         )
         spec = SynthSpec(train=4, val=2, height=64, width=128)
-        depths = [0, 6]
+        grid = grid[:2]
+    names = list(freeze_space.grid())
     with scratch_home():
         root = paths.synthetic_data(spec, progress=False)
         cache = paths.feature_cache()
         start = {
-            "stand-in": curve(base, root, cache),
-            "scratch": curve(base.replace(model="sam_tiny_scratch"), root, cache),
+            "stand-in, encoder_lr_mult 0.1": curve(base, root, cache),
+            "scratch, encoder_lr_mult 1.0": curve(
+                base.replace(model="sam_tiny_scratch", encoder_lr_mult=1.0), root, cache
+            ),
         }
-        freeze = {str(d): curve(base.replace(freeze_depth=d), root, cache) for d in depths}
+        freeze = {
+            ", ".join(f"{n}={v}" for n, v in zip(names, values)): curve(
+                base.replace(**dict(zip(names, values))), root, cache
+            )
+            for values in grid
+        }
     return {
         "machine": machine(),
-        "settings": {k: v for k, v in base.to_dict().items() if k != "freeze_depth"},
+        "settings": base.to_dict(),
         "start": start,
         "freeze": freeze,
-        "best_freeze_depth": max(freeze, key=lambda d: freeze[d]["best_val_miou"]),
+        "best_of_freeze_grid": max(freeze, key=lambda k: freeze[k]["best_val_miou"]),
     }

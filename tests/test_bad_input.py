@@ -259,3 +259,22 @@ def test_a_run_whose_trials_all_fail_exits_non_zero_and_says_why(
     assert result.exit_code == 2, result.output
     assert "none of the 1 trial(s) this run started completed" in result.output
     assert "this loss always fails" in result.output
+
+
+def test_data_check_lists_every_problem_then_a_summary(tiny_data, tmp_path):
+    clean = CliRunner().invoke(main, ["data", "check", str(tiny_data)])
+    assert clean.exit_code == 0, clean.output
+    assert "train: 8 images" in clean.output and "0 problem(s)" in clean.output
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    resized_label(tmp_path, root)
+    one_bad_pixel(tmp_path, root)
+    result = CliRunner().invoke(main, ["data", "check", str(root)])
+    assert result.exit_code == 2
+    lines = result.output.splitlines()
+    assert sum("label size 50x100 differs" in line for line in lines) == 1
+    assert sum("values 99 are not Cityscapes label ids" in line for line in lines) == 1
+    assert any(line.startswith("train: 8 images") and "1 problem(s)" in line for line in lines)
+    shutil.rmtree(root / "gtFine" / "val")
+    missing = CliRunner().invoke(main, ["data", "check", str(root)])
+    assert missing.exit_code == 2 and "gtFine/val: folder not found" in missing.output

@@ -109,6 +109,24 @@ def data_synth(out_dir: Path, train, val, test, height, width, seed) -> None:
     click.echo(f"wrote {train} train / {val} val / {test} test images to {out_dir}")
 
 
+@data.command("check")
+@click.argument("root", type=click.Path(path_type=Path))
+def data_check(root: Path) -> None:
+    """Check a Cityscapes root: image and label sizes, label ids, evaluated pixels. One line
+    per problem, then a summary; exit status 2 if there is any problem."""
+    from tuner.data.check import check_root
+    from tuner.data.cityscapes import CityscapesDataset
+
+    reports = check_root(root, CityscapesDataset)
+    for report in reports:
+        for problem in report.problems:
+            click.echo(problem)
+    for report in reports:
+        click.echo(report.summary())
+    if any(report.problems for report in reports):
+        sys.exit(2)
+
+
 # Training ------------------------------------------------------------------------------------
 def config_options(fn):
     """Flags for the TrainConfig fields people change most; the rest go in --config."""

@@ -78,13 +78,21 @@ def focal(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> tor
 
 @register("dice")
 def dice(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """1 - mean soft Dice over classes; the smoothing term keeps absent classes finite."""
+    """1 - mean soft Dice over classes; the smoothing term keeps absent classes finite.
+
+    Per class: intersection = sum of p(true class) over its pixels, total = sum of p over valid
+    pixels + its pixel count. Computed from the true class's probabilities and one batched
+    product, not from a one-hot tensor of B x C x H x W floats."""
+    batch, num_classes = logits.shape[:2]
     valid = _valid(target)
-    probs = F.softmax(logits, dim=1) * valid.unsqueeze(1)
-    one_hot = _one_hot(target, logits.shape[1]) * valid.unsqueeze(1)
-    dims = (0, 2, 3)
-    intersection = (probs * one_hot).sum(dims)
-    total = probs.sum(dims) + one_hot.sum(dims)
+    probs = F.softmax(logits, dim=1)
+    mask = valid.reshape(batch, -1, 1).to(probs.dtype)
+    predicted = torch.bmm(probs.reshape(batch, num_classes, -1), mask).sum((0, 2))
+    true_class = target.masked_fill(~valid, 0).unsqueeze(1)
+    p_true = probs.gather(1, true_class).squeeze(1)[valid]
+    classes = target[valid]
+    intersection = probs.new_zeros(num_classes).index_add(0, classes, p_true)
+    total = predicted + torch.bincount(classes, minlength=num_classes).to(probs.dtype)
     return 1 - ((2 * intersection + smooth) / (total + smooth)).mean()
 
 
@@ -129,12 +137,12 @@ def _lovasz_weights(
     exact = probs if num_classes * bins < 2**24 else probs.double()
     offsets = torch.arange(num_classes, device=probs.device, dtype=exact.dtype) * bins
     key = torch.addcmul(offsets.view(1, -1, 1, 1), exact, exact.new_tensor(bins - 1))
-    key = key.to(torch.int64)
+    key = key.to(torch.int32)  # half the bytes of int64 in the passes over all C x P elements
     sentinel = num_classes * bins  # ignored pixels: a bucket of weight 0
     key.masked_fill_(~valid.unsqueeze(1), sentinel)
     # Each valid pixel has one foreground element (its true class), whose error is 1 - p: its
     # bucket is the mirror of its probability's bucket.
-    raw = key.gather(1, true_class).squeeze(1)[valid]
+    raw = key.gather(1, true_class).squeeze(1)[valid].long()
     cls = torch.div(raw, bins, rounding_mode="floor")
     mirrored = cls * bins + (bins - 1) - (raw - cls * bins)
     size = num_classes * bins
@@ -152,7 +160,7 @@ def _lovasz_weights(
     present = gts[:, 0] > 0
     per_element = per_element * present.unsqueeze(1) / present.sum().clamp(min=1)
     table = F.pad(per_element.reshape(-1).to(probs.dtype), (0, 1))  # + the sentinel's 0
-    weights = table.take(key)
+    weights = table.index_select(0, key.view(-1)).view(key.shape)
     fg_weight = table.take(mirrored)
     # Foreground elements enter as (1 - p): coefficient -w on p, and +w as a constant.
     signed = torch.zeros_like(target, dtype=probs.dtype)
@@ -183,8 +191,3 @@ def label_boundary(target: torch.Tensor, radius: int) -> torch.Tensor:
     high = F.max_pool2d(t.masked_fill(ignore, -1), size, stride=1, padding=radius)
     low = -F.max_pool2d((-t).masked_fill(ignore, -1e4), size, stride=1, padding=radius)
     return ((high != low) & ~ignore).squeeze(1)
-
-
-def _one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
-    safe = target.clamp(max=num_classes - 1)
-    return F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(torch.float32)

@@ -105,6 +105,25 @@ def check_split(dataset) -> SplitReport:
     return report
 
 
+def check_root(root: Path, dataset_cls) -> list[SplitReport]:
+    """`tuner data check`: train and val must be there and clean; test is checked if present
+    (its official labels are all ignore, so it may have no evaluated pixel)."""
+    reports = []
+    for split in ("train", "val", "test"):
+        try:
+            dataset = dataset_cls(root, split)
+        except DatasetError as exc:
+            if split == "test":
+                continue
+            reports.append(SplitReport(split, problems=[str(exc)]))
+            continue
+        report = check_split(dataset)
+        if split == "test":
+            report.problems = [p for p in report.problems if "no pixel of the" not in p]
+        reports.append(report)
+    return reports
+
+
 def require_valid(dataset, fingerprint: str | None = None) -> None:
     """Raise DatasetError naming the first problem of a split (once per process and split)."""
     if fingerprint is not None and fingerprint in _VERIFIED:
