@@ -18,6 +18,7 @@ NAMES = (
     "cache",
     "attention",
     "pretrained",
+    "views",
 )
 
 

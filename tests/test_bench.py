@@ -11,11 +11,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_KEYS = {
-    "train_step": {"peak_matmul_gflops", "results", "dominant_cost"},
+    "train_step": {"peak_matmul_gflops", "results", "dominant_cost", "loss_cost", "compile"},
     "overhead": {"wall_seconds", "sum_fit_seconds", "overhead_percent", "breakdown_seconds"},
     "pruning": {"same_16_configurations", "results"},
     "quantize": {"results", "model"},
     "data": {"loader_images_per_second", "training_images_per_second"},
+    "cache": {"cached_speedup", "trials", "max_miou_difference"},
+    "attention": {"results", "speedup"},
+    "pretrained": {"start", "freeze"},
+    "views": {"results"},
 }
 
 
