@@ -1,4 +1,4 @@
-"""SAM's own attention against the SDPA one (`tuner.model.attention.FusedAttention`): time of
+"""SAM's own attention against the SDPA one (`tuner.core.model.attention.FusedAttention`): time of
 a training step of the encoder and the peak memory it adds, on the CPU and, where there is
 one, on CUDA (bf16 autocast). Each CPU measurement runs in its own process, so that its peak
 resident memory (`ru_maxrss`) belongs to it alone.
@@ -14,10 +14,10 @@ import sys
 import torch
 
 from bench.common import machine, median_seconds
-from tuner.config import TrainConfig
-from tuner.hardware import autocast
-from tuner.model import build_segmenter
-from tuner.model.attention import use_fused_attention
+from tuner.core.config import TrainConfig
+from tuner.core.environment import autocast
+from tuner.core.model import build_segmenter
+from tuner.core.model.attention import use_fused_attention
 
 
 def cases(quick: bool, device: str) -> list[dict]:

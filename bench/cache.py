@@ -19,9 +19,11 @@ import torch
 import yaml
 
 from bench.common import machine, scratch_home
-from tuner import paths
-from tuner.data.synth import SynthSpec
-from tuner.study import load_existing_study, open_storage
+from tuner.core import paths
+from tuner.core.cache import FeatureCache
+from tuner.core.data import synth
+from tuner.core.data.synth import SynthSpec
+from tuner.search.study import load_existing_study, open_storage
 
 
 def settings(quick: bool) -> dict:
@@ -67,7 +69,7 @@ def run_study(s: dict, cache: str, checkpoint: Path | None) -> list[dict]:
     with scratch_home() as home:
         path = home / "cache.yaml"
         path.write_text(yaml.safe_dump(space(s, cache)))
-        paths.synthetic_data(SynthSpec(**s["synthetic"]), progress=False)
+        synth.embedded(paths.data_dir(), SynthSpec(**s["synthetic"]), progress=False)
         command = [sys.executable, "-m", "tuner", "run", "--study", "cache", "--space", str(path)]
         if checkpoint is not None:
             command += ["--checkpoint", str(checkpoint)]
@@ -77,7 +79,7 @@ def run_study(s: dict, cache: str, checkpoint: Path | None) -> list[dict]:
             raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
         wall = time.perf_counter() - start
         study = load_existing_study("cache", open_storage(None))
-        usage = paths.feature_cache().usage()
+        usage = FeatureCache.at(paths.cache_dir()).usage()
         trials = [
             {
                 "number": t.number,

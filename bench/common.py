@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tuner.hardware import cpu_info, package_versions
+from tuner.core.environment import cpu_info, package_versions
 
 
 def machine() -> dict:

@@ -9,11 +9,12 @@ import torch
 
 from bench.common import machine, median_seconds, scratch_home
 from bench.train_step import step_fn
-from tuner import paths
-from tuner.config import TrainConfig
-from tuner.data.cityscapes import CityscapesDataset
-from tuner.data.synth import SynthSpec
-from tuner.data.transforms import Augment, AugmentedSet
+from tuner.core import paths
+from tuner.core.config import TrainConfig
+from tuner.core.data import synth
+from tuner.core.data.cityscapes import CityscapesDataset
+from tuner.core.data.synth import SynthSpec
+from tuner.core.data.transforms import Augment, AugmentedSet
 
 
 def loader_images_per_second(dataset, batch: int, workers: int, batches: int) -> float:
@@ -33,7 +34,7 @@ def run(quick: bool = False) -> dict:
     spec = SynthSpec(train=8, val=4, height=128, width=256) if quick else SynthSpec()
     config = TrainConfig(head="linear", image_size=size, batch_size=4 if not quick else 2)
     with scratch_home():
-        root = paths.synthetic_data(spec, progress=False)
+        root = synth.embedded(paths.data_dir(), spec, progress=False)
         train = AugmentedSet(CityscapesDataset(root, "train"), Augment(size), seed=0)
         loading = {
             f"workers_{w}": round(

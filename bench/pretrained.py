@@ -11,12 +11,14 @@ from __future__ import annotations
 import itertools
 
 from bench.common import machine, scratch_home
-from tuner import paths
-from tuner.config import TrainConfig
-from tuner.data.cityscapes import CityscapesDataset
-from tuner.data.synth import SynthSpec
-from tuner.space import find_space, load_space
-from tuner.train import fit
+from tuner.core import paths
+from tuner.core.cache import FeatureCache
+from tuner.core.config import TrainConfig
+from tuner.core.data import synth
+from tuner.core.data.cityscapes import CityscapesDataset
+from tuner.core.data.synth import SynthSpec
+from tuner.core.train import fit
+from tuner.search.space import find_space, load_space
 
 
 def curve(config: TrainConfig, root, cache) -> dict:
@@ -53,8 +55,8 @@ def run(quick: bool = False) -> dict:
         grid = grid[:2]
     names = list(freeze_space.grid())
     with scratch_home():
-        root = paths.synthetic_data(spec, progress=False)
-        cache = paths.feature_cache()
+        root = synth.embedded(paths.data_dir(), spec, progress=False)
+        cache = FeatureCache.at(paths.cache_dir())
         start = {
             "stand-in, encoder_lr_mult 0.1": curve(base, root, cache),
             "scratch, encoder_lr_mult 1.0": curve(

@@ -9,9 +9,9 @@ import optuna
 import yaml
 
 from bench.common import machine, scratch_home
-from tuner.search import RunOptions
-from tuner.search import run as run_study
-from tuner.study import load_existing_study, open_storage
+from tuner.search.run import RunOptions
+from tuner.search.run import run as run_study
+from tuner.search.study import load_existing_study, open_storage
 
 PRUNERS = {
     "none": {"name": "none"},

@@ -11,23 +11,23 @@ from pathlib import Path
 import torch
 
 from bench.common import machine, scratch_home
-from tuner import paths
-from tuner.checkpoint import load_segmenter
-from tuner.config import TrainConfig
-from tuner.data.cityscapes import CityscapesDataset
-from tuner.data.synth import SynthSpec
-from tuner.data.transforms import image_tensor, normalize
-from tuner.inference import evaluate
-from tuner.quantize import (
+from tuner.core import paths
+from tuner.core.checkpoint import load_segmenter
+from tuner.core.config import TrainConfig
+from tuner.core.data import synth
+from tuner.core.data.cityscapes import CityscapesDataset
+from tuner.core.data.synth import SynthSpec
+from tuner.core.data.transforms import image_tensor, normalize
+from tuner.core.inference import evaluate
+from tuner.core.train import fit
+from tuner.deploy.quantize._inc import (
     _configure_inductor,
     _quiet_inc,
     calibration_windows,
-    folder_size,
-    median_latency_ms,
     quantize_model,
-    save_quantized,
 )
-from tuner.train import fit
+from tuner.deploy.quantize._measure import folder_size, median_latency_ms
+from tuner.deploy.quantize._store import save_quantized
 
 
 def torch_ao_dynamic(model: torch.nn.Module) -> torch.nn.Module:
@@ -47,7 +47,7 @@ def run(quick: bool = False) -> dict:
             spec, size, epochs = SynthSpec(train=8, val=4, height=128, width=256), (64, 128), 1
         else:
             spec, size, epochs = SynthSpec(train=64, val=16), (256, 512), 4
-        root = paths.synthetic_data(spec, progress=False)
+        root = synth.embedded(paths.data_dir(), spec, progress=False)
         config = TrainConfig(
             head="linear",
             image_size=size,

@@ -15,15 +15,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.common import machine, median_seconds, peak_matmul_gflops
-from tuner.config import TrainConfig
-from tuner.hardware import autocast
-from tuner.losses import LOSSES, get_loss
-from tuner.model import HEADS, build_segmenter
-from tuner.model.attention import use_fused_attention
+from tuner.core.config import TrainConfig
+from tuner.core.environment import autocast
+from tuner.core.losses import LOSSES, get_loss
+from tuner.core.model import HEADS, build_segmenter
+from tuner.core.model.attention import use_fused_attention
 
 
 def step_fn(config: TrainConfig, device: str = "cpu", loss: str = "ce", compiled: bool = False):
-    """One optimizer step on random data, as `tuner.train` runs it (from images)."""
+    """One optimizer step on random data, as `tuner.core.train` runs it (from images)."""
     dev = torch.device(device)
     torch.manual_seed(0)
     model = build_segmenter(config).to(dev).train()

@@ -7,12 +7,14 @@ a first (cache-filling) and a second (cache-hitting) trial of each.
 from __future__ import annotations
 
 from bench.common import machine, scratch_home
-from tuner import paths
-from tuner.config import TrainConfig
-from tuner.data.cityscapes import CityscapesDataset
-from tuner.data.synth import SynthSpec
-from tuner.space import find_space, load_space
-from tuner.train import fit
+from tuner.core import paths
+from tuner.core.cache import FeatureCache
+from tuner.core.config import TrainConfig
+from tuner.core.data import synth
+from tuner.core.data.cityscapes import CityscapesDataset
+from tuner.core.data.synth import SynthSpec
+from tuner.core.train import fit
+from tuner.search.space import find_space, load_space
 
 
 def run(quick: bool = False) -> dict:
@@ -23,11 +25,13 @@ def run(quick: bool = False) -> dict:
         spec, choices = SynthSpec(train=4, val=2, height=64, width=128), [None, 1]
     rows = []
     with scratch_home():
-        root = paths.synthetic_data(spec, progress=False)
+        root = synth.embedded(paths.data_dir(), spec, progress=False)
         train, val = CityscapesDataset(root, "train"), CityscapesDataset(root, "val")
         for views in choices:
             config = base.replace(aug_views=views)
-            cache = paths.feature_cache()
+            # A cache of its own: view v is the same under every aug_views, so a shared cache
+            # would serve this setting the views an earlier one stored.
+            cache = FeatureCache.at(paths.cache_dir() / f"views-{views}")
             before = cache.usage().bytes
             first, second = (
                 fit(config, train, val, progress=False, log=lambda m: None, cache=cache)

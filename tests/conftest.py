@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuner.config import TrainConfig
-from tuner.data import synth
+from tuner.core.config import TrainConfig
+from tuner.core.data import synth
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -56,7 +56,7 @@ def ids_200(tmp: Path, root: Path) -> list[str]:
 
 
 def train_ids_as_label_ids(tmp: Path, root: Path) -> list[str]:
-    from tuner.data.labels import encode_target
+    from tuner.core.data.labels import encode_target
 
     rewrite_labels(root, "train", encode_target)  # 0-18, and 255 where a label was void
     return train_on(root)
@@ -229,9 +229,9 @@ def test_read_only_commands_create_no_database(tuner_home):
 
 
 def test_predict_leaves_no_empty_folder_when_the_first_image_fails(tmp_path, tiny_data):
-    from tuner.config import TrainConfig
-    from tuner.data.cityscapes import CityscapesDataset
-    from tuner.train import fit
+    from tuner.core.config import TrainConfig
+    from tuner.core.data.cityscapes import CityscapesDataset
+    from tuner.core.train import fit
 
     config = TrainConfig(head="linear", epochs=1, image_size=(64, 128), batch_size=2)
     fit(config, CityscapesDataset(tiny_data, "train"), CityscapesDataset(tiny_data, "val"),
@@ -248,7 +248,7 @@ def test_predict_leaves_no_empty_folder_when_the_first_image_fails(tmp_path, tin
 def test_a_run_whose_trials_all_fail_exits_non_zero_and_says_why(
     tuner_home, tmp_path, tiny_data, monkeypatch
 ):
-    from tuner import losses
+    from tuner.core import losses
 
     def broken(logits, target):
         raise RuntimeError("this loss always fails")

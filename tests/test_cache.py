@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from tuner.cache import FeatureCache, fingerprint_tensors, parse_size
-from tuner.data.cityscapes import CityscapesDataset
-from tuner.errors import ConfigError
-from tuner.fsutil import fingerprint_files
-from tuner.model import Segmenter
-from tuner.train import Trainer, fit
+from tuner.core.cache import FeatureCache, fingerprint_tensors, parse_size
+from tuner.core.data.cityscapes import CityscapesDataset
+from tuner.core.errors import ConfigError
+from tuner.core.fsutil import fingerprint_files
+from tuner.core.model import Segmenter
+from tuner.core.train import Trainer, fit
 
 
 def datasets(root):
@@ -130,7 +130,7 @@ def test_cache_hit_trial_equals_cache_off_trial(tiny_data, tiny_config, tmp_path
     assert hit.cache["train_misses"] == 0 and hit.cache["val_misses"] == 0
     assert hit.cache["train_hits"] == filled.cache["train_misses"]
     assert abs(hit.best_metrics["val_miou"] - off.best_metrics["val_miou"]) <= 1e-3
-    from tuner.checkpoint import load_segmenter
+    from tuner.core.checkpoint import load_segmenter
 
     images = torch.randn(2, 3, *config.image_size)
     with torch.no_grad():

@@ -11,8 +11,8 @@ from official_eval import official_scores
 from PIL import Image
 
 from tuner.cli import main
-from tuner.data.cityscapes import CityscapesDataset
-from tuner.data.labels import PALETTE
+from tuner.core.data.cityscapes import CityscapesDataset
+from tuner.core.data.labels import PALETTE
 
 TINY_FLAGS = ["--epochs", "2", "--image-size", "64", "128", "--batch-size", "2", "--threads", "2"]
 
@@ -90,7 +90,7 @@ def test_evaluate_writes_files_the_official_script_scores_the_same(trained, tiny
     "args, message",
     [
         (["train", "--data", "/nonexistent"], "/nonexistent/leftImg8bit/train: folder not found"),
-        (["train", "--loss", "hinge"], "loss='hinge': expected one of"),
+        (["train", "--loss", "hinge"], "'--loss': 'hinge' is not one of 'ce', 'ohem_ce'"),
         (["train", "--freeze-depth", "9"], "freeze_depth=9: expected an integer from 0 to 6"),
         (["train", "--image-size", "100", "100"], "image_size=(100, 100): expected"),
         (["predict", "--checkpoint", "/nope.pt", "x.png", "--out", "o"], "/nope.pt: checkpoint"),

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tuner.losses import LOSSES, get_loss, label_boundary, ohem_cross_entropy
+from tuner.core.losses import LOSSES, get_loss, label_boundary, ohem_cross_entropy
 
 E2 = math.exp(2)
 P1 = E2 / (E2 + 1)  # softmax([2, 0])[0]

@@ -10,8 +10,8 @@ import torch
 from official_eval import official_scores
 from PIL import Image
 
-from tuner.data.labels import LABEL_ID_TO_TRAIN_ID, train_ids_to_label_ids
-from tuner.metrics import SegmentationMetrics
+from tuner.core.data.labels import LABEL_ID_TO_TRAIN_ID, train_ids_to_label_ids
+from tuner.core.metrics import SegmentationMetrics
 
 
 def test_iou_by_hand_with_ignore_and_absent_classes():

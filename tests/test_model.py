@@ -6,11 +6,11 @@ import pytest
 import torch
 from segment_anything import sam_model_registry
 
-from tuner.config import TrainConfig
-from tuner.errors import CheckpointError
-from tuner.losses import LOSSES, get_loss
-from tuner.model import HEADS, build_segmenter, resolve_model
-from tuner.model.backbone import (
+from tuner.core.config import TrainConfig
+from tuner.core.errors import CheckpointError
+from tuner.core.losses import LOSSES, get_loss
+from tuner.core.model import HEADS, build_segmenter, resolve_model
+from tuner.core.model.backbone import (
     build_sam,
     detect_variant,
     resize_pos_embed,
@@ -163,7 +163,7 @@ def test_fused_attention_matches_segment_anything_attention(size):
     windowed and global blocks, at two input sizes (fp32, CPU)."""
     from segment_anything.modeling.image_encoder import Attention
 
-    from tuner.model.attention import FusedAttention
+    from tuner.core.model.attention import FusedAttention
 
     torch.manual_seed(0)
     model = build_segmenter(TrainConfig(model="sam_tiny", head="linear", image_size=size))

@@ -13,17 +13,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tuner.config import TrainConfig
-from tuner.data import synth
-from tuner.model import build_segmenter
-from tuner.model.backbone import (
+from tuner.core.config import TrainConfig
+from tuner.core.data import synth
+from tuner.core.model import build_segmenter
+from tuner.core.model.backbone import (
     STANDIN_WEIGHTS,
     build_sam,
     detect_variant,
     read_state_dict,
     scratch_variant,
 )
-from tuner.pretrain import PretrainSettings
+from tuner.core.pretrain import PretrainSettings
 
 
 def provenance() -> dict:
@@ -34,7 +34,7 @@ def test_shipped_file_matches_its_recorded_sha256_and_size_bar():
     record = provenance()
     assert hashlib.sha256(STANDIN_WEIGHTS.read_bytes()).hexdigest() == record["sha256"]
     assert STANDIN_WEIGHTS.stat().st_size == record["bytes"] <= 8 * 2**20
-    assert record["script"] == "python -m tuner.pretrain"
+    assert record["script"] == "tuner data pretrain"
     assert record["settings"]["seed"] == PretrainSettings().seed
 
 
@@ -72,7 +72,7 @@ def test_sam_tiny_starts_from_the_stand_in_and_scratch_does_not():
 def test_quick_pretraining_produces_a_loadable_checkpoint_of_the_same_shape(tmp_path):
     out = tmp_path / "standin.pth"
     done = subprocess.run(
-        [sys.executable, "-m", "tuner.pretrain", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "tuner", "data", "pretrain", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -11,18 +11,15 @@ import yaml
 from click.testing import CliRunner
 
 from tuner.cli import main
-from tuner.config import TrainConfig
-from tuner.errors import CheckpointError
-from tuner.hardware import cpu_info
-from tuner.model import build_segmenter
-from tuner.quantize import (
-    QuantizeOptions,
-    load_quantized_staging,
-    quantize_model,
-    quantize_trial,
-    save_quantized,
-)
-from tuner.study import fetch_checkpoint, load_existing_study, open_storage
+from tuner.core.config import TrainConfig
+from tuner.core.environment import cpu_info
+from tuner.core.errors import CheckpointError
+from tuner.core.model import build_segmenter
+from tuner.deploy.quantize import QuantizeOptions
+from tuner.deploy.quantize._inc import quantize_model
+from tuner.deploy.quantize._store import load_quantized_staging, save_quantized
+from tuner.deploy.trials import quantize_trial
+from tuner.search.study import fetch_checkpoint, load_existing_study, open_storage
 
 pytestmark = pytest.mark.slow
 FAST = QuantizeOptions(compile=False, calib=4, latency_images=1, latency_repeats=1)

@@ -9,6 +9,7 @@ import re
 import subprocess
 from html.parser import HTMLParser
 
+import plotly.graph_objects as go
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -17,8 +18,9 @@ from wsgi_client import call_wsgi
 
 from tuner import report as report_module
 from tuner.cli import main
-from tuner.quantize import QuantizeOptions, quantize_trial
-from tuner.study import load_existing_study, open_storage
+from tuner.deploy.quantize import QuantizeOptions
+from tuner.deploy.trials import quantize_trial
+from tuner.search.study import load_existing_study, open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +114,7 @@ def test_report_has_every_section_and_works_offline(report_home):
 def test_figures_are_attached_for_the_dashboard(report_home):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TUNER_HOME", str(report_home))
-        from tuner.dashboard import wsgi_app
+        from tuner.report.dashboard import wsgi_app
 
         app = wsgi_app()
         _, listing = call_wsgi(app, "/api/studies")
@@ -154,10 +156,15 @@ def test_report_draws_in_headless_chromium(report_home, chromium_path, tmp_path)
 
 def test_png_export_says_why_without_chromium_and_downloads_nothing(monkeypatch, tmp_path):
     import kaleido
+    from choreographer.browsers.chromium import Chromium
 
-    monkeypatch.setattr(report_module, "system_chromium", lambda: None)
+    # No browser on this machine, as choreographer (what kaleido drives) sees it; any attempt to
+    # render or to fetch a browser anyway trips the test.
+    monkeypatch.setattr(Chromium, "find_browser", staticmethod(lambda *a, **k: None))
     monkeypatch.setattr(kaleido, "get_chrome_sync", lambda *a, **k: pytest.fail("download!"))
-    section = report_module.Section("x", "x", figure=report_module.go.Figure())
+    monkeypatch.setattr(go.Figure, "write_image", lambda *a, **k: pytest.fail("rendered!"))
+    assert report_module.system_chromium() is None
+    section = report_module.Section("x", "x", figure=go.Figure())
     written, message = report_module.export_png([section], tmp_path / "png")
     assert written == [] and "no system Chromium" in message
     assert not (tmp_path / "png").exists()

@@ -17,11 +17,11 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 from wsgi_client import call_wsgi
 
-from tuner.checkpoint import load_segmenter
 from tuner.cli import main
-from tuner.search import RunOptions, run
-from tuner.space import load_space
-from tuner.study import fetch_checkpoint, load_existing_study, open_storage, open_study
+from tuner.core.checkpoint import load_segmenter
+from tuner.search.run import RunOptions, run
+from tuner.search.space import load_space
+from tuner.search.study import fetch_checkpoint, load_existing_study, open_storage, open_study
 
 FAST = {
     "model": "sam_tiny",
@@ -166,34 +166,40 @@ def test_bad_learning_rate_is_pruned(tuner_home, tmp_path):
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tuner_home, tmp_path):
-    # batch_size 16 > 8 training images: that trial raises; the others must still run.
+    # A learning rate of 1e6 diverges to a NaN loss inside its trial (nothing preflight can
+    # see); that trial is FAIL with its reason and the other one still runs.
     path = space_file(
         tmp_path,
         "failing",
-        {"batch_size": {"type": "categorical", "choices": [2, 16]}},
+        {"lr": {"type": "categorical", "choices": [1e-3, 1e6]}},
         sampler={"name": "grid", "seed": 0},
     )
     result = invoke("run", "--study", "failing", "--space", str(path), "--no-report")
     assert result.exit_code == 0, result.output
     trials = load(tuner_home, "failing").trials
-    states = {t.params["batch_size"]: t for t in trials}
-    assert states[2].state == TrialState.COMPLETE
-    assert states[16].state == TrialState.FAIL
-    assert "batch_size=16 is larger than the training set" in states[16].user_attrs["fail_reason"]
+    states = {t.params["lr"]: t for t in trials}
+    assert states[1e-3].state == TrialState.COMPLETE
+    assert states[1e6].state == TrialState.FAIL
+    assert "NonFiniteLossError: loss is nan" in states[1e6].user_attrs["fail_reason"]
 
 
 def test_missing_study_and_missing_artifact_are_named(tuner_home, tmp_path):
     result = CliRunner().invoke(main, ["best", "--study", "ghost"])
-    assert result.exit_code == 2 and "no study named 'ghost'" in result.output
+    assert result.exit_code == 2 and "no study storage at" in result.output  # and none made
     path = space_file(
         tmp_path, "art", {"loss": {"type": "categorical", "choices": ["ce"]}}, trials=1
     )
     assert invoke("run", "--study", "art", "--space", str(path), "--no-report").exit_code == 0
+    result = CliRunner().invoke(main, ["best", "--study", "ghost"])
+    assert (
+        result.exit_code == 2
+        and "no study named 'ghost' in this storage; studies here: art" in result.output
+    )
     study = load(tuner_home, "art")
     trial = study.best_trial
     artifact = Path(study.user_attrs["artifact_store"]) / trial.user_attrs["checkpoint_artifact_id"]
     artifact.unlink()
-    from tuner.errors import CheckpointError
+    from tuner.core.errors import CheckpointError
 
     with pytest.raises(
         CheckpointError, match=f"checkpoint artifact .* of trial {trial.number} is missing"
@@ -303,7 +309,7 @@ def test_two_machines_share_a_postgres_study(postgres_url, tuner_home, tmp_path)
 
 # Dashboard -------------------------------------------------------------------------------------
 def test_dashboard_lists_the_study_and_its_checkpoint(tuner_home, tmp_path):
-    from tuner.dashboard import wsgi_app
+    from tuner.report.dashboard import wsgi_app
 
     path = space_file(
         tmp_path,
@@ -331,7 +337,7 @@ def test_dashboard_lists_the_study_and_its_checkpoint(tuner_home, tmp_path):
 def test_run_with_an_official_format_checkpoint_starts_every_trial_from_it(tuner_home, tmp_path):
     import torch
 
-    from tuner.model.backbone import build_sam
+    from tuner.core.model.backbone import build_sam
 
     weights = tmp_path / "sam_tiny_official_format.pth"
     torch.save(build_sam("sam_tiny").state_dict(), weights)
@@ -349,7 +355,7 @@ def test_run_with_an_official_format_checkpoint_starts_every_trial_from_it(tuner
 def test_budget_counts_a_chain_of_retries_once(tmp_path):
     from optuna.distributions import CategoricalDistribution
 
-    from tuner.study import counted_trials, requeue
+    from tuner.search.study import counted_trials, requeue
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'chain.db'}")
     dist = {"loss": CategoricalDistribution(["ce", "dice"])}
@@ -365,9 +371,17 @@ def test_budget_counts_a_chain_of_retries_once(tmp_path):
     assert counted_trials(study) == 1  # only the pending retry uses the budget
 
 
-def test_sampler_seeds_differ_between_machines_but_repeat_on_one():
-    from tuner.search import sampler_seed
+def test_sampler_seeds_differ_between_machines_but_repeat_on_one(monkeypatch):
+    from tuner.search import run as run_module
 
-    assert sampler_seed(0, 5, 0, machine_shared=False) == sampler_seed(0, 5, 0, False)
-    assert sampler_seed(0, 5, 0, False) != sampler_seed(0, 5, 1, False)  # local workers
-    assert sampler_seed(0, 5, 0, True) != sampler_seed(0, 5, 0, False)  # host and pid enter
+    def seed_on(host: str, pid: int, worker: int = 0, shared: bool = True) -> int:
+        monkeypatch.setattr(run_module.socket, "gethostname", lambda: host)
+        monkeypatch.setattr(run_module.os, "getpid", lambda: pid)
+        return run_module.sampler_seed(0, 5, worker, machine_shared=shared)
+
+    # Two machines on one PostgreSQL study, same pid and history: different draws.
+    assert seed_on("node-a", 100) != seed_on("node-b", 100)
+    assert seed_on("node-a", 100) == seed_on("node-a", 100)  # a rerun repeats its draws
+    # On SQLite (one machine) the host does not enter: reruns reproduce; workers still differ.
+    assert seed_on("node-a", 100, shared=False) == seed_on("node-b", 200, shared=False)
+    assert seed_on("node-a", 100, 0, shared=False) != seed_on("node-a", 100, 1, shared=False)

@@ -8,8 +8,8 @@ import optuna
 import pytest
 import yaml
 
-from tuner.errors import ConfigError
-from tuner.space import SEARCH_SPACE_DIR, find_space, load_space, parse_space
+from tuner.core.errors import ConfigError
+from tuner.search.space import SEARCH_SPACE_DIR, find_space, load_space, parse_space
 
 VALID = {
     "study": "t",
@@ -57,7 +57,7 @@ def test_shipped_spaces_load(name):
 
 
 def test_losses_space_is_a_grid_over_every_loss():
-    from tuner.losses import LOSSES
+    from tuner.core.losses import LOSSES
 
     space = load_space(SEARCH_SPACE_DIR / "losses.yaml")
     assert space.sampler["name"] == "grid"
@@ -99,7 +99,7 @@ def test_sample_merges_fixed_and_params(tmp_path):
         (("objective", "metric"), "metric='accuracy': expected one of"),
         (("objective", "direction"), "direction='up': expected maximize or minimize"),
         (("params", "freeze_depth", "type"), "freeze_depth is an integer field"),
-        (("study",), "study: expected a non-empty name"),
+        (("study",), "a study name may hold only letters"),
     ],
     ids=lambda v: v if isinstance(v, str) else ".".join(v),
 )

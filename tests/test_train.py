@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tuner import losses
-from tuner.checkpoint import load_checkpoint, load_segmenter
-from tuner.data.cityscapes import CityscapesDataset
-from tuner.errors import CheckpointError, ConfigError
-from tuner.train import NonFiniteLossError, Trainer, fit, warmup_poly
+from tuner.core import losses
+from tuner.core.checkpoint import load_checkpoint, load_segmenter
+from tuner.core.data.cityscapes import CityscapesDataset
+from tuner.core.errors import CheckpointError, ConfigError
+from tuner.core.train import NonFiniteLossError, Trainer, fit, warmup_poly
 
 
 def datasets(root):
@@ -152,3 +152,44 @@ def test_warmup_then_poly_schedule():
 def test_batch_larger_than_dataset_is_a_clear_error(tiny_data, tiny_config):
     with pytest.raises(ConfigError, match="batch_size=64 is larger than the training set"):
         fit(tiny_config.replace(batch_size=64), *datasets(tiny_data), progress=False)
+
+
+def test_best_checkpoint_is_written_however_training_ends(tiny_data, tiny_config, tmp_path):
+    """Improvements inside the write interval wait in memory; an exception still flushes the
+    best epoch so far to disk, whole."""
+
+    class FailOnThirdEpoch:
+        def on_epoch_end(self, epoch, metrics):
+            if epoch == 2:
+                raise RuntimeError("disk full, say")
+            return False
+
+    config = tiny_config.replace(epochs=4, lr=3e-3)
+    with pytest.raises(RuntimeError, match="disk full"):
+        fit(
+            config,
+            *datasets(tiny_data),
+            out_dir=tmp_path,
+            callback=FailOnThirdEpoch(),
+            progress=False,
+            log=lambda m: None,
+        )
+    saved = load_checkpoint(tmp_path / "best.pt")
+    assert saved.epoch in (0, 1, 2)
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_best_checkpoint_waits_inside_its_interval(tiny_config, tmp_path, monkeypatch):
+    from tuner.core import checkpoint as module
+    from tuner.core.model import build_segmenter
+
+    writes = []
+    real = module.save_checkpoint
+    monkeypatch.setattr(module, "save_checkpoint", lambda *a: writes.append(a[-1]) or real(*a))
+    saver = module.BestCheckpoint(tmp_path, interval=3600)
+    model = build_segmenter(tiny_config)
+    for epoch in range(3):
+        saver.offer(model, tiny_config, {"val_miou": 0.1 * epoch}, epoch)
+    assert writes == [0]  # the first at once; the next two inside the interval
+    assert saver.flush() == tmp_path / "best.pt" and writes == [0, 2]
+    assert load_checkpoint(tmp_path / "best.pt").epoch == 2

@@ -1,0 +1,74 @@
+"""`tuner quantize`: INT8 with Intel Neural Compressor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tuner.cli._options import COUNT, STORAGE, RegistryChoice, data_option, out_option, study_option
+from tuner.core import paths
+
+
+class MethodChoice(RegistryChoice):
+    """The registered methods, and `auto` (each one tried, the best kept)."""
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return (*self.registry.names(), "auto")
+
+
+@click.command()
+@click.argument("target", nargs=-1)
+@study_option(required=False, help_text="study whose best trial (or trial N) to quantize")
+@STORAGE
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="a sam-tuner checkpoint")
+@data_option("Cityscapes root (default: the study's data)")
+@click.option(
+    "--method",
+    type=MethodChoice("tuner.deploy.quantize:METHODS"),
+    default="auto",
+    show_default=True,
+)
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="allowed mIoU drop in points",
+)
+@click.option("--calib", type=COUNT, default=16, show_default=True, help="calibration images")
+@click.option("--backend", type=click.Choice(["inc", "ipex"]), default="inc", show_default=True)
+@click.option("--no-compile", is_flag=True, help="measure eager models (faster, no int8 kernels)")
+@click.option("--val-limit", type=COUNT, help="evaluate on the first N val images")
+@out_option("output folder (default: studies/quantized/STUDY-trialN)")
+def quantize(target, study, storage, checkpoint, data_root, no_compile, out_dir, **kw) -> None:
+    """INT8 with Intel Neural Compressor: `quantize best --study NAME`, `quantize trial N
+    --study NAME`, or `quantize --checkpoint PATH`."""
+    from tuner.core.data import synth
+    from tuner.core.environment import isa_summary
+    from tuner.core.text import table
+    from tuner.deploy.quantize import QuantizeOptions, comparison_rows, quantize_checkpoint
+    from tuner.deploy.trials import quantize_trial
+
+    options = QuantizeOptions(compile=not no_compile, **kw)
+    if checkpoint is not None and not target:
+        root = data_root or synth.embedded(paths.data_dir(), progress=False)
+        out_dir = out_dir or paths.inside_home("quantized", Path(checkpoint).stem)
+        report = quantize_checkpoint(checkpoint, root, out_dir, options, log=click.echo)
+    elif target and target[0] in ("best", "trial") and study:
+        number = None
+        if target[0] == "trial":
+            if len(target) != 2 or not target[1].isdigit():
+                raise click.UsageError("usage: tuner quantize trial N --study NAME")
+            number = int(target[1])
+        report = quantize_trial(study, number, options, storage, data_root, out_dir, log=click.echo)
+    else:
+        raise click.UsageError(
+            "usage: tuner quantize best --study NAME | trial N --study NAME | --checkpoint PATH"
+        )
+    rows, headers = comparison_rows(report)
+    click.echo("\n" + table(rows, headers))
+    click.echo(f"\nchosen: {report.chosen} ({report.reason})")
+    click.echo(f"saved to {report.output_dir} (with comparison.json)")
+    click.echo(f"measured on {isa_summary(report.cpu)}")

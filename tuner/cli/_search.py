@@ -1,0 +1,123 @@
+"""`tuner run`, `tuner studies`, `tuner best`, `tuner cache`: studies and what they found."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from tuner.cli._options import (
+    CACHE_LIMIT,
+    COUNT,
+    FROM_SCRATCH,
+    POSITIVE,
+    STORAGE,
+    data_option,
+    study_option,
+)
+from tuner.core import paths
+
+
+@click.command()
+@study_option(help_text="study name; its space is search_spaces/NAME.yaml")
+@click.option("--space", "space_file", type=click.Path(path_type=Path), help="search space YAML")
+@click.option("--trials", type=COUNT, help="run N more trials (default: the space's total budget)")
+@click.option("--timeout", type=POSITIVE, help="stop starting trials after S seconds")
+@STORAGE
+@click.option("--artifacts", help="artifact folder or s3://bucket (default: studies/artifacts)")
+@data_option("Cityscapes root (default: the embedded synthetic set)")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="official SAM .pth")
+@FROM_SCRATCH
+@click.option(
+    "--jobs", default=1, show_default=True, type=COUNT, help="worker processes on this machine"
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="default: auto")
+@click.option("--threads", type=COUNT, help="CPU threads per worker")
+@click.option("--no-report", is_flag=True, help="do not refresh the dashboard figures at the end")
+@CACHE_LIMIT
+def run(study, space_file, storage, data_root, checkpoint, no_report, **options) -> None:
+    """Create or resume a study and run trials until its budget is spent."""
+    from tuner.report import attach_to_dashboard, build_sections
+    from tuner.search.run import RunOptions
+    from tuner.search.run import run as run_study
+
+    run_options = RunOptions(
+        study=study,
+        space_file=str(space_file) if space_file else None,
+        storage=storage,
+        data_root=str(data_root) if data_root else None,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        **options,
+    )
+    try:
+        result = run_study(run_options)
+    except KeyboardInterrupt:
+        click.echo(
+            "\ninterrupted: the running trial is marked FAIL and queued again; "
+            "run the same command to continue.",
+            err=True,
+        )
+        print_leaderboard(study, storage)
+        sys.exit(130)
+    print_leaderboard(study, storage, result)
+    if not no_report:
+        try:
+            count = attach_to_dashboard(result, build_sections(result))
+        except Exception as exc:  # the study is done; a figure must not turn that into a failure
+            click.secho(f"figures not attached: {type(exc).__name__}: {exc}", fg="yellow")
+            return
+        click.echo(
+            f"{count} figures attached to the study: `tuner dashboard` shows them; "
+            f"`tuner report --study {study}` writes the HTML report"
+        )
+
+
+def print_leaderboard(study_name, storage_url, study=None) -> None:
+    from tuner.core.text import table
+    from tuner.search.study import leaderboard_rows, load_existing_study, open_storage
+
+    study = study or load_existing_study(study_name, open_storage(storage_url, create=False))
+    rows, headers = leaderboard_rows(study)
+    click.echo(f"\nleaderboard of study {study.study_name!r} ({len(study.trials)} trials)")
+    click.echo(table(rows, headers))
+
+
+@click.command()
+@STORAGE
+def studies(storage) -> None:
+    """List studies (trials by state and best values) and the feature cache's size."""
+    from tuner.core.cache import FeatureCache
+    from tuner.core.text import table
+    from tuner.search.study import list_studies
+
+    rows = list_studies(storage)
+    if not rows:
+        click.echo("no studies yet: try `tuner run --study smoke`")
+    else:
+        headers = ["study", "trials", "complete", "pruned", "fail", "running", "best"]
+        click.echo(table(rows, headers))
+    click.echo(FeatureCache.at(paths.cache_dir()).usage().describe())
+
+
+@click.command()
+@CACHE_LIMIT
+@click.option("--clear", is_flag=True, help="remove every feature set not in use")
+def cache(cache_limit, clear) -> None:
+    """The frozen-prefix feature cache: its size, or --clear it."""
+    from tuner.core.cache import FeatureCache
+
+    features = FeatureCache.at(paths.cache_dir(), cache_limit)
+    if clear:
+        click.echo(f"removed {features.clear()} feature set(s)")
+    click.echo(features.usage().describe())
+
+
+@click.command()
+@study_option()
+@STORAGE
+def best(study, storage) -> None:
+    """The best trial (or Pareto front): params, metrics and checkpoint."""
+    from tuner.search.study import describe_best
+
+    click.echo(describe_best(study, storage))

@@ -1,0 +1,100 @@
+"""Registries: the names a run or a study may choose, each mapped to what implements it.
+
+One registry per choice a study can vary: `LOSSES` (functions), `HEADS` (classes), `ENCODERS`
+(SAM sizes), `ADAPTERS` (fine-tuning methods). An implementation registers itself where it is
+defined, with one decorator (or one assignment, for data)::
+
+    >>> import torch.nn.functional as F
+    >>> from tuner.core.registry import LOSSES
+    >>> @LOSSES.register("plain_ce")
+    ... def plain_ce(logits, target):
+    ...     return F.cross_entropy(logits, target, ignore_index=255)
+    >>> "plain_ce" in LOSSES and "ce" in LOSSES
+    True
+    >>> del LOSSES["plain_ce"]
+
+The vocabulary (`TrainConfig`), the search spaces and the CLI only ask a registry for names; a
+registry imports its *provider*, the module whose definitions fill it, the first time it is
+asked. So `tuner.core.config` never imports an implementation (no torch model code to load a
+config), and a newly registered name is valid everywhere: `tuner train --help`, `--loss`, a
+space's `choices`, and `choices: all`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import Generic, TypeVar
+
+from tuner.core.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(MutableMapping, Generic[T]):
+    """name -> implementation, filled by `register` (or item assignment) in the provider."""
+
+    def __init__(self, kind: str, provider: str | None = None) -> None:
+        self.kind, self.provider = kind, provider
+        self._items: dict[str, T] = {}
+        self._loaded = provider is None
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: `@LOSSES.register("name")` over a function or a class."""
+
+        def add(item: T) -> T:
+            self[name] = item
+            return item
+
+        return add
+
+    def _load(self) -> None:
+        if not self._loaded:
+            self._loaded = True  # before the import: the provider registers into us
+            importlib.import_module(self.provider)
+
+    def names(self) -> list[str]:
+        self._load()
+        return list(self._items)
+
+    def get_or_fail(self, name: str, source: str = "config") -> T:
+        """The implementation of `name`, or a ConfigError listing the choices."""
+        self._load()
+        if name not in self._items:
+            raise ConfigError(
+                f"{source}: unknown {self.kind} {name!r}; expected one of {', '.join(self._items)}"
+            )
+        return self._items[name]
+
+    def __getitem__(self, name: str) -> T:
+        self._load()
+        return self._items[name]
+
+    def __setitem__(self, name: str, item: T) -> None:
+        self._items[name] = item
+
+    def __delitem__(self, name: str) -> None:
+        del self._items[name]
+
+    def __iter__(self) -> Iterator[str]:
+        self._load()
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._items
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self._items) or 'not loaded'})"
+
+
+LOSSES: Registry = Registry("loss", "tuner.core.losses")
+HEADS: Registry = Registry("head", "tuner.core.model.heads")
+ENCODERS: Registry = Registry("model", "tuner.core.model.backbone")
+
+# The TrainConfig fields whose values are registry names.
+FIELD_REGISTRIES: dict[str, Registry] = {"loss": LOSSES, "head": HEADS, "model": ENCODERS}

@@ -1,0 +1,94 @@
+"""Measuring FP32 and INT8 models the same way, and choosing among the candidates."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tuner.core.inference import evaluate, predict_logits
+
+
+@dataclass
+class Measurement:
+    """One measured model: FP32 or one INT8 method."""
+
+    name: str
+    miou: float
+    boundary_f1: float
+    pixel_acc: float
+    per_class_iou: list
+    latency_ms: float
+    size_bytes: int
+    compiled: bool
+    passed: bool = True
+    note: str = ""
+
+
+# Measuring --------------------------------------------------------------------------------
+def median_latency_ms(model, images: list[torch.Tensor], crop, repeats: int) -> float:
+    """Median seconds per whole image (sliding windows included), after one warm-up pass."""
+    times = []
+    with torch.no_grad():
+        for image in images:  # warm-up (and compilation, for compiled models)
+            predict_logits(model, image.unsqueeze(0), crop)
+        for _ in range(repeats):
+            for image in images:
+                start = time.perf_counter()
+                predict_logits(model, image.unsqueeze(0), crop)
+                times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def folder_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def measure(name, model, val_set, crop, latency_set, repeats, size_bytes, compiled, tolerance):
+    """One row of the comparison: accuracy on `val_set`, latency on `latency_set`."""
+    metrics = evaluate(model, val_set, crop, torch.device("cpu"), boundary_tolerance=tolerance)
+    return Measurement(
+        name=name,
+        miou=metrics["miou"],
+        boundary_f1=metrics["boundary_f1"],
+        pixel_acc=metrics["pixel_acc"],
+        per_class_iou=metrics["per_class_iou"],
+        latency_ms=median_latency_ms(model, latency_set, crop, repeats),
+        size_bytes=size_bytes,
+        compiled=compiled,
+    )
+
+
+def choose(
+    fp32: Measurement, candidates: list[Measurement], tolerance: float
+) -> tuple[Measurement, str]:
+    """The fastest candidate within tolerance; if none is faster than FP32 here, the smallest."""
+    if len(candidates) == 1:
+        only = candidates[0]
+        speed = fp32.latency_ms / only.latency_ms
+        verdict = (
+            f"{speed:.2f}x the FP32 speed on this CPU"
+            if speed > 1
+            else f"not faster than FP32 on this CPU ({speed:.2f}x its speed)"
+        )
+        size = f"{only.size_bytes / fp32.size_bytes:.0%} of the FP32 size"
+        return only, f"the method asked for; {verdict}; {size}"
+    passing = [v for v in candidates if v.passed]
+    if not passing:
+        best = max(candidates, key=lambda v: v.miou)
+        return best, f"no INT8 method stays within {tolerance:.2f} mIoU points"
+    faster = [v for v in passing if v.latency_ms < fp32.latency_ms]
+    if faster:
+        best = min(faster, key=lambda v: v.latency_ms)
+        return best, (
+            f"fastest within tolerance: {fp32.latency_ms / best.latency_ms:.2f}x the FP32 "
+            "speed on this CPU"
+        )
+    best = min(passing, key=lambda v: v.size_bytes)
+    return best, (
+        "no INT8 method is faster than FP32 on this CPU, so the choice is by size "
+        f"({best.size_bytes / fp32.size_bytes:.0%} of FP32)"
+    )

@@ -1,0 +1,38 @@
+"""A study in pictures: plotly figures, an offline HTML report, the same figures inside
+optuna-dashboard, and PNG export through kaleido when a system Chromium exists."""
+
+from __future__ import annotations
+
+import optuna
+
+from tuner.report._export import export_png, system_chromium
+from tuner.report._figures import (
+    class_heatmap,
+    loss_comparison,
+    optuna_figures,
+    quantization_table,
+)
+from tuner.report._html import render_html, write_report
+from tuner.report._predictions import prediction_grid
+from tuner.report._sections import SECTIONS, Section
+from tuner.report.dashboard import attach_to_dashboard
+
+__all__ = [
+    "SECTIONS",
+    "Section",
+    "attach_to_dashboard",
+    "build_sections",
+    "export_png",
+    "render_html",
+    "system_chromium",
+    "write_report",
+]
+
+
+# Assembling ----------------------------------------------------------------------------------
+def build_sections(study: optuna.Study, predictions: bool = True) -> list[Section]:
+    sections = optuna_figures(study)
+    sections += [loss_comparison(study), class_heatmap(study), quantization_table(study)]
+    if predictions:
+        sections.append(prediction_grid(study))
+    return sections

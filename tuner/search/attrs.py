@@ -1,0 +1,39 @@
+"""The keys of what a study and its trials record (Optuna user attrs), in one place: the search
+layer writes them, the deploy and report layers read them.
+
+Besides these, every completed trial records the metrics of its best epoch under their own
+names (`METRICS`).
+"""
+
+# Study attributes.
+ARTIFACT_STORE = "artifact_store"  # where checkpoints go: a folder or s3://bucket
+SEARCH_SPACE = "search_space"  # the YAML text the study was created with
+DATA_ROOT = "data_root"  # the Cityscapes root its trials trained on
+QUANTIZATION = "quantization"  # the FP32-vs-INT8 comparison of `tuner quantize`
+
+# Trial attributes.
+CONFIG = "config"  # the whole TrainConfig, as a dict
+WORKER = "worker"  # host:pid that ran it
+RETRY_OF = "retry_of"  # the trial number it repeats after a kill or Ctrl-C
+REQUEUED_BECAUSE = "requeued_because"
+FAIL_REASON = "fail_reason"
+HISTORY = "history"  # per epoch: epoch, train_loss, val_miou, val_boundary_f1
+BEST_EPOCH = "best_epoch"
+EPOCH_SECONDS = "epoch_seconds"
+FIT_SECONDS = "fit_seconds"
+COMPILE_SECONDS = "compile_seconds"  # inside fit_seconds, outside epoch_seconds
+CACHE = "cache"  # frozen-prefix cache hits and misses
+TRAINABLE_PARAMS = "trainable_params"
+TOTAL_PARAMS = "total_params"
+DEVICE = "device"  # what it ran on, with the CPU's instruction sets
+VERSIONS = "versions"  # python, torch, optuna, ...
+CHECKPOINT = "checkpoint_artifact_id"  # best.pt in the artifact store
+CONFIG_ARTIFACT = "config_artifact_id"  # config.json beside it
+
+METRICS = (
+    "val_miou",
+    "val_boundary_f1",
+    "val_pixel_acc",
+    "val_per_class_iou",
+    "val_per_class_boundary_f1",
+)

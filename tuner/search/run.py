@@ -1,0 +1,258 @@
+"""`tuner run`: drive a study with one or more worker processes until its budget is spent.
+
+Budget. A search space's `trials` is the number of trials the *study* should hold in all,
+shared by every worker on every machine: a rerun continues an interrupted study and does
+nothing more once it is complete. `--trials N` instead asks this invocation (all its --jobs
+workers together) for N more trials. Failed trials count, except ones that were retried (a
+killed worker's trial, an interrupted trial): only their retry counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import socket
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from tuner.core import paths
+from tuner.core.cache import FeatureCache
+from tuner.core.config import TrainConfig
+from tuner.core.data import synth
+from tuner.core.environment import cpu_count
+from tuner.core.errors import UserError
+from tuner.core.model import resolve_model
+from tuner.core.model.backbone import scratch_variant
+from tuner.search import attrs
+from tuner.search.objective import TrialRunner
+from tuner.search.preflight import preflight
+from tuner.search.samplers import SAMPLERS, make_sampler, options_of
+from tuner.search.space import SearchSpace, find_space, load_space
+from tuner.search.study import (
+    StopAtBudget,
+    counted_trials,
+    get_trial,
+    open_artifact_store,
+    open_storage,
+    open_study,
+    requeue,
+    trials_to_run,
+)
+
+
+@dataclass
+class RunOptions:
+    study: str
+    space_file: str | None = None
+    trials: int | None = None  # N more trials in this invocation (default: the space's total)
+    timeout: float | None = None
+    storage: str | None = None
+    artifacts: str | None = None
+    data_root: str | None = None
+    checkpoint: str | None = None
+    from_scratch: bool = False  # sam_tiny from random weights instead of the shipped stand-in
+    device: str | None = None
+    threads: int | None = None
+    jobs: int = 1
+    progress: bool = True
+    cache_limit: str | None = None  # size limit of the feature cache (default 20G)
+
+
+@dataclass
+class WorkerPlan:
+    """What one worker needs, resolved once by the launcher so all workers agree."""
+
+    options: RunOptions
+    space: SearchSpace
+    data_root: str
+    budget: int | None
+    index: int = 0
+    device: str | None = None
+    threads: int | None = None
+    model: str | None = None  # the variant of --checkpoint, read from its tensor shapes
+
+
+def load_run_space(options: RunOptions) -> SearchSpace:
+    space = load_space(find_space(options.study, options.space_file))
+    if space.study != options.study:  # --study names the study; --space only says what varies
+        space = dataclasses.replace(space, study=options.study)
+    return space
+
+
+def plan(options: RunOptions) -> list[WorkerPlan]:
+    """Everything checked and resolved before the first trial: a mistake stops here, before
+    the study is created or a trial runs."""
+    space = load_run_space(options)
+    FeatureCache.at(paths.cache_dir(), options.cache_limit)  # a bad --cache-limit is an error now
+    model = None
+    if options.checkpoint and options.from_scratch:
+        raise UserError("--checkpoint and --from-scratch exclude each other")
+    if options.checkpoint:
+        model = resolve_model(TrainConfig(sam_checkpoint=options.checkpoint)).model
+    if options.from_scratch:
+        model = _scratch_model(space)
+    data_root = options.data_root or str(synth.embedded(paths.data_dir(), space.synthetic))
+    preflight(space, Path(data_root))
+    storage = open_storage(options.storage)
+    study = open_study(space, storage, options.artifacts)
+    study.set_user_attr(attrs.DATA_ROOT, str(Path(data_root).resolve()))
+    if options.trials is not None:
+        budget: int | None = counted_trials(study) + options.trials
+    else:
+        budget = space.trial_budget
+    jobs = options.jobs
+    if jobs < 1 or (options.threads is not None and options.threads < 1):
+        raise UserError("--jobs and --threads must be at least 1")
+    devices = _worker_devices(options.device, jobs)
+    threads = options.threads or (max(1, cpu_count() // jobs) if jobs > 1 else None)
+    return [
+        WorkerPlan(options, space, data_root, budget, i, devices[i], threads, model)
+        for i in range(jobs)
+    ]
+
+
+def _scratch_model(space: SearchSpace) -> str:
+    """--from-scratch: the space's one model, as its random-weights variant."""
+    if any(p.name == "model" for p in space.params):
+        raise UserError(
+            f"--from-scratch: {space.source} varies the model; list sam_tiny_scratch among its "
+            "choices instead"
+        )
+    return scratch_variant(space.fixed.get("model", TrainConfig().model))
+
+
+def _worker_devices(device: str | None, jobs: int) -> list[str | None]:
+    """One GPU per worker where there are enough; otherwise all share the asked device."""
+    if device in ("cuda", "auto", None) and jobs > 1:
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count > 1:
+            return [f"cuda:{i % count}" for i in range(jobs)]
+    return [device] * jobs
+
+
+def run(options: RunOptions) -> optuna.Study:
+    """Run the study to its budget (or timeout) and return it. A run whose trials all failed
+    is an error that says why, not a leaderboard of failures with exit status 0."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
+    plans = plan(options)
+    storage = open_storage(options.storage)
+    before = len(optuna.load_study(study_name=options.study, storage=storage).trials)
+    if len(plans) == 1:
+        run_worker(plans[0])
+    else:
+        _run_processes(plans)
+    study = optuna.load_study(study_name=options.study, storage=storage)
+    started = [t for t in study.trials if t.number >= before]
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    if started and not any(t.state in finished for t in started):
+        first = next((t for t in started if t.state == TrialState.FAIL), started[0])
+        reason = first.user_attrs.get(attrs.FAIL_REASON, first.state.name)
+        raise UserError(
+            f"study {options.study!r}: none of the {len(started)} trial(s) this run started "
+            f"completed; trial {first.number}: {reason}"
+        )
+    return study
+
+
+def _run_processes(plans: list[WorkerPlan]) -> None:
+    context = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
+    workers = [context.Process(target=run_worker, args=(p,), name=f"w{p.index}") for p in plans]
+    for worker in workers:
+        worker.start()
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        # The terminal sent SIGINT to the workers too; let each record and re-queue its trial.
+        for worker in workers:
+            worker.join(timeout=60)
+        raise
+    failed = [f"{w.name} (status {w.exitcode})" for w in workers if w.exitcode != 0]
+    if failed:
+        raise UserError(f"workers {', '.join(failed)} failed; their output is above")
+
+
+def run_worker(plan: WorkerPlan) -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    options, space = plan.options, plan.space
+    storage = open_storage(options.storage, space.fault_tolerance)
+    study = open_study(space, storage, options.artifacts)
+    # A distinct, reproducible sampler seed per worker and per resume point, so that workers
+    # and reruns do not replay the same random draws (duplicate trials).
+    study.sampler = _reseeded_sampler(space, study, plan.index, options.storage)
+    prefix = f"[w{plan.index}] " if options.jobs > 1 else ""
+    # Trials whose worker died (no heartbeat within the grace period) are failed and re-queued
+    # now, before the budget is counted; Optuna also does this before every new trial.
+    optuna.storages.fail_stale_trials(study)
+    remaining = None if plan.budget is None else trials_to_run(study, plan.budget)
+    if remaining == 0:
+        print(
+            f"{prefix}study {space.study!r} already holds {counted_trials(study)} trials "
+            f"(budget {plan.budget}); pass --trials N to run N more"
+        )
+        return
+    overrides = {
+        k: v
+        for k, v in {
+            "sam_checkpoint": options.checkpoint,
+            "model": plan.model,
+            "device": plan.device,
+            "threads": plan.threads,
+        }.items()
+        if v is not None
+    }
+    work_dir = paths.home() / "tmp"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    runner = TrialRunner(
+        space=space,
+        data_root=Path(plan.data_root),
+        artifact_store=open_artifact_store(study.user_attrs.get(attrs.ARTIFACT_STORE)),
+        overrides=overrides,
+        cache=FeatureCache.at(paths.cache_dir(), options.cache_limit),
+        work_dir=work_dir,
+        progress=options.progress and options.jobs == 1,
+        prefix=prefix,
+    )
+    try:
+        study.optimize(
+            runner,
+            n_trials=remaining,
+            timeout=options.timeout if options.timeout is not None else space.timeout,
+            callbacks=[StopAtBudget(plan.budget)] if plan.budget is not None else [],
+            catch=(Exception,),
+            gc_after_trial=True,
+        )
+    except KeyboardInterrupt:
+        if runner.current is not None:
+            trial = get_trial(study, runner.current)
+            if trial.state == optuna.trial.TrialState.FAIL:
+                requeue(study, trial, reason="interrupted")
+        raise
+
+
+def sampler_seed(base: int, trials_so_far: int, index: int, machine_shared: bool) -> int:
+    """Reproducible for one machine (same history, same worker -> same seed); on a storage other
+    machines may share (not SQLite), the host and process enter too, so that machines started
+    together do not draw the same configurations."""
+    seed = base + 7919 * index + trials_so_far
+    if machine_shared:
+        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+    return seed % 2**32
+
+
+def _reseeded_sampler(space: SearchSpace, study: optuna.Study, index: int, storage_url):
+    """The space's sampler with a seed of its own for this worker and resume point. The grid
+    sampler keeps its seed: it fixes the order of the grid, which all workers must share."""
+    cls = SAMPLERS[space.sampler["name"]]
+    seed = space.sampler.get("seed", 0)
+    if cls is optuna.samplers.GridSampler or "seed" not in options_of(cls) or seed is None:
+        return make_sampler(space.sampler, space.grid)
+    shared = storage_url is not None and not storage_url.startswith("sqlite")
+    seed = sampler_seed(int(seed), len(study.get_trials(deepcopy=False)), index, shared)
+    return make_sampler({**space.sampler, "seed": seed}, space.grid)

@@ -1,0 +1,380 @@
+"""Search spaces: one YAML file per study, validated into a typed `SearchSpace`.
+
+A file says what varies (`params`), what is fixed (`fixed`), what is optimised (`objectives`),
+how (sampler, pruner) and for how long (trials, timeout). Both `fixed` and `params` use the
+field names of `TrainConfig`, so anything a run can be told, a study can vary.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuner.core.config import MONITORS, TrainConfig, coerce_field
+from tuner.core.data.synth import SynthSpec
+from tuner.core.errors import ConfigError
+from tuner.core.paths import check_study_name
+from tuner.core.registry import FIELD_REGISTRIES
+from tuner.search.samplers import PRUNERS, SAMPLERS, options_of
+
+SEARCH_SPACE_DIR = Path(__file__).resolve().parents[2] / "search_spaces"  # the checkout's
+
+# Metrics a trial reports; any of them can be an objective.
+METRICS = {
+    "val_miou": "maximize",
+    "val_boundary_f1": "maximize",
+    "val_pixel_acc": "maximize",
+    "train_loss": "minimize",
+    "fit_seconds": "minimize",
+    "trainable_params": "minimize",
+}
+TOP_LEVEL_KEYS = {
+    "study",
+    "description",
+    "objective",
+    "objectives",
+    "sampler",
+    "pruner",
+    "trials",
+    "timeout",
+    "fixed",
+    "params",
+    "fault_tolerance",
+    "synthetic",
+}
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str
+    direction: str
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: str  # categorical | float | int
+    choices: tuple[Any, ...] = ()
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+
+    def suggest(self, trial) -> Any:
+        if self.kind == "categorical":
+            return trial.suggest_categorical(self.name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(
+                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def grid_values(self, source: str) -> list[Any]:
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.kind == "int" and not self.log:
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        raise ConfigError(
+            f"{source}: params.{self.name}: the grid sampler needs categorical or int params "
+            f"(got {self.kind}{' with log' if self.log else ''})"
+        )
+
+
+@dataclass(frozen=True)
+class FaultTolerance:
+    heartbeat_interval: int = 60  # seconds between a running trial's heartbeats (RDB storage)
+    grace_period: int = 180  # a RUNNING trial silent this long is failed and retried
+    max_retry: int = 2
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    study: str
+    source: str
+    objectives: tuple[Objective, ...]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    trials: int | None
+    timeout: float | None
+    fixed: dict[str, Any]
+    params: tuple[Param, ...]
+    fault_tolerance: FaultTolerance = field(default_factory=FaultTolerance)
+    synthetic: SynthSpec = field(default_factory=SynthSpec)
+    description: str = ""
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [o.metric for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    def possible_values(self, name: str) -> list[Any]:
+        """What a trial's `name` can be: the fixed value, the choices or the range's ends, or
+        TrainConfig's default."""
+        param = next((p for p in self.params if p.name == name), None)
+        if param is not None:
+            return list(param.choices) if param.kind == "categorical" else [param.low, param.high]
+        if name in self.fixed:
+            return [self.fixed[name]]
+        return [getattr(TrainConfig(), name)]
+
+    def grid(self) -> dict[str, list[Any]]:
+        return {p.name: p.grid_values(self.source) for p in self.params}
+
+    @property
+    def trial_budget(self) -> int | None:
+        """Trials the study should hold in all; a grid defaults to its size."""
+        if self.trials is not None:
+            return self.trials
+        if self.sampler["name"] == "grid":
+            return math.prod(len(v) for v in self.grid().values())
+        return None
+
+    def sample(self, trial, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        """The trial's TrainConfig: fixed values, then sampled params, then run overrides."""
+        values = dict(self.fixed)
+        if "monitor" not in values and self.objectives[0].metric in MONITORS:
+            # The checkpoint (and so the trial's value) is the best epoch by the objective.
+            values["monitor"] = self.objectives[0].metric
+        for param in self.params:
+            values[param.name] = param.suggest(trial)
+        values.update(overrides or {})
+        return TrainConfig.from_dict(values, source=f"{self.source} (trial {trial.number})")
+
+
+def find_space(study: str, space_file: str | Path | None = None) -> Path:
+    """--space FILE, else search_spaces/<study>.yaml."""
+    if space_file is not None:
+        return Path(space_file)
+    for folder in (Path("search_spaces"), SEARCH_SPACE_DIR):  # the checkout's, then shipped
+        path = folder / f"{study}.yaml"
+        if path.is_file():
+            return path
+    known = sorted(p.stem for p in SEARCH_SPACE_DIR.glob("*.yaml"))
+    raise ConfigError(
+        f"no search space for study {study!r} (no search_spaces/{study}.yaml); shipped spaces: "
+        f"{', '.join(known)}; or pass --space FILE"
+    )
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: search space file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_space(raw, source=str(path))
+
+
+def parse_space(raw: Any, source: str) -> SearchSpace:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    _no_unknown(raw, TOP_LEVEL_KEYS, source, "")
+    study = check_study_name(raw.get("study"), f"{source}: study")
+
+    objectives = _objectives(raw, source)
+    sampler = _component(raw.get("sampler") or {"name": "tpe"}, "sampler", source)
+    pruner = _component(raw.get("pruner") or {"name": "median"}, "pruner", source)
+    if len(objectives) > 1 and sampler["name"] == "cmaes":
+        raise ConfigError(f"{source}: sampler.name={sampler['name']}: single-objective only")
+    trials = raw.get("trials")
+    if trials is not None and (
+        isinstance(trials, bool) or not isinstance(trials, int) or trials < 1
+    ):
+        raise ConfigError(f"{source}: trials={trials!r}: expected a positive integer")
+    timeout = raw.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise ConfigError(f"{source}: timeout={timeout!r}: expected a positive number of seconds")
+
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{source}: fixed: expected a mapping of TrainConfig fields")
+    _no_unknown(fixed, set(TrainConfig.field_names()), source, "fixed.")
+    fixed = {k: coerce_field(k, v, f"{source}: fixed") for k, v in fixed.items()}
+    # The fixed values alone first, so that their mistakes are not blamed on a param.
+    TrainConfig.from_dict(fixed, source=f"{source}: fixed")
+
+    raw_params = raw.get("params") or {}
+    if not isinstance(raw_params, dict) or not raw_params:
+        raise ConfigError(f"{source}: params: expected a non-empty mapping of what varies")
+    _no_unknown(raw_params, set(TrainConfig.field_names()), source, "params.")
+    params = tuple(_param(name, spec, source) for name, spec in raw_params.items())
+    for param in params:
+        if param.name in fixed:
+            raise ConfigError(f"{source}: {param.name} is both in fixed and in params")
+
+    space = SearchSpace(
+        study=study,
+        source=source,
+        objectives=objectives,
+        sampler=sampler,
+        pruner=pruner,
+        trials=trials,
+        timeout=float(timeout) if timeout is not None else None,
+        fixed=fixed,
+        params=params,
+        fault_tolerance=_dataclass_section(raw, "fault_tolerance", FaultTolerance, source),
+        synthetic=_dataclass_section(raw, "synthetic", SynthSpec, source),
+        description=str(raw.get("description") or ""),
+    )
+    _check_choices_build(space)
+    if sampler["name"] == "grid":
+        space.grid()  # raises for params a grid cannot enumerate
+    return space
+
+
+def _no_unknown(mapping: dict, known: set[str], source: str, prefix: str) -> None:
+    for key in mapping:
+        if key not in known:
+            raise ConfigError(
+                f"{source}: unknown key {prefix}{key}; expected one of: {', '.join(sorted(known))}"
+            )
+
+
+def _objectives(raw: dict, source: str) -> tuple[Objective, ...]:
+    if "objective" in raw and "objectives" in raw:
+        raise ConfigError(f"{source}: give either objective or objectives, not both")
+    entries = raw.get("objectives", raw.get("objective", {"metric": "val_miou"}))
+    if isinstance(entries, dict):
+        entries = [entries]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{source}: objectives: expected a list of {{metric, direction}}")
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"{source}: objectives[{i}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where}: expected a mapping with metric and direction")
+        _no_unknown(entry, {"metric", "direction"}, where, "")
+        metric = entry.get("metric")
+        if metric not in METRICS:
+            raise ConfigError(f"{where}: metric={metric!r}: expected one of {', '.join(METRICS)}")
+        direction = entry.get("direction", METRICS[metric])
+        if direction not in ("maximize", "minimize"):
+            raise ConfigError(f"{where}: direction={direction!r}: expected maximize or minimize")
+        out.append(Objective(metric, direction))
+    if len({o.metric for o in out}) != len(out):
+        raise ConfigError(f"{source}: objectives: a metric appears twice")
+    return tuple(out)
+
+
+def _component(raw: Any, kind: str, source: str) -> dict[str, Any]:
+    """{name: ..., **options}; the options must be arguments of the Optuna class."""
+    registry = SAMPLERS if kind == "sampler" else PRUNERS
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ConfigError(f"{source}: {kind}: expected a mapping with a name")
+    name = raw["name"]
+    if name not in registry:
+        raise ConfigError(
+            f"{source}: {kind}.name={name!r}: expected one of {', '.join(sorted(registry))}"
+        )
+    accepted = options_of(registry[name])
+    for key in raw:
+        if key != "name" and key not in accepted:
+            raise ConfigError(
+                f"{source}: unknown key {kind}.{key} for {name}; "
+                f"expected one of: {', '.join(sorted(accepted)) or 'none'}"
+            )
+    return dict(raw)
+
+
+def _param(name: str, spec: Any, source: str) -> Param:
+    where = f"{source}: params.{name}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: expected a mapping with a type")
+    kind = spec.get("type")
+    allowed = {
+        "categorical": {"type", "choices"},
+        "float": {"type", "low", "high", "log", "step"},
+        "int": {"type", "low", "high", "log", "step"},
+    }
+    if kind not in allowed:
+        raise ConfigError(f"{where}.type={kind!r}: expected categorical, float or int")
+    _no_unknown(spec, allowed[kind], where, ".")
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if choices == "all" and name in FIELD_REGISTRIES:  # every registered loss, head, ...
+            choices = FIELD_REGISTRIES[name].names()
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(
+                f"{where}.choices: expected a non-empty list"
+                + (" or all" if name in FIELD_REGISTRIES else "")
+            )
+        values = tuple(coerce_field(name, c, where) for c in choices)
+        # Optuna stores categorical choices as None/bool/int/float/str; lists become tuples.
+        values = tuple(list(v) if isinstance(v, tuple) else v for v in values)
+        if any(isinstance(v, list) for v in values):
+            raise ConfigError(f"{where}: list-valued fields cannot vary; fix them in `fixed`")
+        return Param(name, kind, choices=values)
+    numeric = int if kind == "int" else float
+    if kind == "float" and TrainConfig.field_type(name) is int:
+        raise ConfigError(f"{where}: {name} is an integer field; use type: int")
+    try:
+        low, high = (numeric(coerce_field(name, spec.get(k), where)) for k in ("low", "high"))
+    except (ConfigError, TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: low and high must be {kind}s valid for {name} "
+            f"(got low={spec.get('low')!r}, high={spec.get('high')!r})"
+        ) from None
+    if low >= high:
+        raise ConfigError(f"{where}: low={low} must be below high={high}")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}.log={log!r}: expected true or false")
+    if log and low <= 0:
+        raise ConfigError(f"{where}: log scale needs low > 0 (got low={low})")
+    step = spec.get("step")
+    if step is not None and (not isinstance(step, int | float) or step <= 0):
+        raise ConfigError(f"{where}.step={step!r}: expected a positive number")
+    if step is not None and log:
+        raise ConfigError(f"{where}: step and log cannot be combined")
+    return Param(name, kind, low=low, high=high, log=log, step=step)
+
+
+def _dataclass_section(raw: dict, key: str, cls, source: str):
+    section = raw.get(key) or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{source}: {key}: expected a mapping")
+    names = {f for f in inspect.signature(cls).parameters}
+    _no_unknown(section, names, source, f"{key}.")
+    may_be_zero = {"max_retry", "test", "seed"}
+    for name, value in section.items():
+        low = 0 if name in may_be_zero else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{source}: {key}.{name}={value!r}: expected an integer >= {low}")
+    return cls(**section)
+
+
+def _check_choices_build(space: SearchSpace) -> None:
+    """Every categorical choice (loss, head, model names...) and every range end must give a
+    valid TrainConfig with the fixed values, so a typo fails now rather than in trial 17.
+    Each value is checked once on its own, then a bounded sample of combinations (some are
+    only invalid together, e.g. freeze_depth with a smaller model)."""
+    options = []
+    for p in space.params:
+        values = p.choices if p.kind == "categorical" else (p.low, p.high)
+        for value in values:
+            try:
+                TrainConfig.from_dict({**space.fixed, p.name: value}, source=space.source)
+            except ConfigError as exc:
+                raise ConfigError(f"{exc} (params.{p.name})") from None
+        options.append([(p.name, v) for v in values])
+    for combo in itertools.islice(itertools.product(*options), 512):
+        TrainConfig.from_dict({**space.fixed, **dict(combo)}, source=space.source)
