@@ -14,7 +14,7 @@ EXPECTED_KEYS = {
     "train_step": {"peak_matmul_gflops", "results", "dominant_cost", "loss_cost", "compile"},
     "overhead": {"wall_seconds", "sum_fit_seconds", "overhead_percent", "breakdown_seconds"},
     "pruning": {"same_16_configurations", "results"},
-    "quantize": {"results", "model"},
+    "quantize": {"embedded", "isa"},
     "data": {"loader_images_per_second", "training_images_per_second"},
     "cache": {"cached_speedup", "trials", "max_miou_difference"},
     "attention": {"results", "speedup"},

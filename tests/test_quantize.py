@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from tuner.core.config import TrainConfig
 from tuner.core.environment import cpu_info
 from tuner.core.errors import CheckpointError
 from tuner.core.model import build_segmenter
-from tuner.deploy.quantize import QuantizeOptions
+from tuner.deploy.quantize import QuantizeOptions, load_quantized
 from tuner.deploy.quantize._inc import quantize_model
 from tuner.deploy.quantize._store import load_quantized_staging, save_quantized
 from tuner.deploy.trials import quantize_trial
@@ -111,15 +112,138 @@ def test_save_and_reload_give_equal_outputs(method, tmp_path):
     assert agreement > 0.9  # INT8 stays close to FP32
 
 
-def test_tolerance_failure_exits_non_zero_and_overwrites_nothing(study_home, tmp_path):
+def test_tolerance_failure_exits_non_zero_and_overwrites_nothing(study_home, tmp_path, monkeypatch):
+    from tuner.deploy.quantize import _pipeline
+
+    def ruined(name, *args, **kwargs):  # every INT8 model scores 0 mIoU
+        row = real_measure(name, *args, **kwargs)
+        if name.startswith("int8"):
+            row.miou = 0.0
+        return row
+
+    real_measure = _pipeline.measure
+    monkeypatch.setattr(_pipeline, "measure", ruined)
     out = tmp_path / "kept"
     out.mkdir()
     (out / "previous.txt").write_text("an earlier, accepted model")
-    args = ["best", "--study", "q", "--method", "dynamic", "--tolerance", "-100", "--out"]
+    args = ["best", "--study", "q", "--method", "dynamic", "--out"]
     result = quantize_cli(study_home, *args, str(out))
     assert result.exit_code == 2
-    assert "mIoU drops" in result.output and "Nothing was written" in result.output
+    assert "no INT8 method stays within 1.00 mIoU points" in result.output
+    assert "Nothing was written" in result.output
     assert [p.name for p in out.iterdir()] == ["previous.txt"]
+
+
+def test_a_candidate_over_the_tolerance_falls_back_layer_by_layer(
+    study_home, tmp_path, monkeypatch
+):
+    """The first two quantizations miss the tolerance (forced): the head, then the neck, stay
+    in FP32, and the third is accepted and says so."""
+    from tuner.deploy.quantize import _pipeline
+
+    calls = {"n": 0}
+    real_evaluate = _pipeline.evaluate
+
+    def gate(model, *args, **kwargs):
+        metrics = real_evaluate(model, *args, **kwargs)
+        calls["n"] += 1
+        return {**metrics, "miou": 0.0} if calls["n"] <= 2 else metrics
+
+    monkeypatch.setattr(_pipeline, "evaluate", gate)
+    out = tmp_path / "fallback"
+    args = ["best", "--study", "q", "--method", "static", "--out", str(out)]
+    result = quantize_cli(study_home, *args)
+    assert result.exit_code == 0, result.output
+    assert "falling back" in result.output and "head, encoder.neck" in result.output
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["candidates"][0]["kept_fp32"] == ["head", "encoder.neck"]
+    # The saved graph quantizes fewer tensors than a full quantization of the same model.
+    kept, _ = load_quantized(out)
+    monkeypatch.setattr(_pipeline, "evaluate", real_evaluate)
+    full_out = tmp_path / "full"
+    assert quantize_cli(study_home, *args[:-1], str(full_out)).exit_code == 0
+    full, _ = load_quantized(full_out)
+
+    def quantize_ops(model):
+        return sum("quantize_per" in str(node.target) for node in model.graph.nodes)
+
+    assert 0 < quantize_ops(kept) < quantize_ops(full)
+
+
+def test_pt2e_files_hold_int8_weights_not_fp32_copies(tmp_path):
+    import gzip
+    import io
+
+    from tuner.deploy.quantize._store import EXPORTED_FILE, MODEL_DIR
+
+    torch.manual_seed(0)
+    config = TrainConfig(image_size=(64, 128), head="linear")
+    model = build_segmenter(config).eval()
+    windows = [torch.randn(3, 64, 128) for _ in range(4)]
+    quantized, example = quantize_model("static", model, (64, 128), windows)
+    save_quantized(quantized, "static", example, tmp_path)
+    data = gzip.decompress((tmp_path / MODEL_DIR / EXPORTED_FILE).read_bytes())
+    program = torch.export.load(io.BytesIO(data))
+    tensors = [*program.state_dict.values(), *program.constants.values()]
+    int8 = sum(t.numel() for t in tensors if t.dtype == torch.int8)
+    floats = sum(t.numel() * t.element_size() for t in tensors if t.is_floating_point())
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert int8 >= linear  # every Linear weight is stored as int8 ...
+    assert floats < int8  # ... and not again in fp32 (that would be 4 bytes per int8 one)
+    fp32_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    assert (tmp_path / MODEL_DIR / EXPORTED_FILE).stat().st_size < 0.35 * fp32_bytes
+
+
+def test_a_tampered_archive_is_refused_before_torch_unpickles_it(tmp_path):
+    import zipfile
+
+    from tuner.core.errors import CheckpointError
+    from tuner.deploy.quantize._store import check_archive
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    evil = io_bytes(lambda f: torch.save({"x": Payload()}, f))
+    plain = io_bytes(lambda f: torch.save((torch.zeros(1),), f))
+    for name, payload, refused in (
+        ("m/data/sample_inputs/model.pt", evil, True),
+        ("m/data/sample_inputs/model.pt", plain, False),
+        ("m/data/constants/custom_objs/obj0", b"x", True),
+    ):
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.writestr(name, payload)
+        if refused:
+            with pytest.raises(CheckpointError, match="refused for safety"):
+                check_archive(buffer.getvalue(), tmp_path / "model.pt2.gz")
+        else:
+            check_archive(buffer.getvalue(), tmp_path / "model.pt2.gz")
+
+
+def io_bytes(write) -> bytes:
+    buffer = io.BytesIO()
+    write(buffer)
+    return buffer.getvalue()
+
+
+def test_auto_keeps_the_fastest_passing_candidate_no_larger_than_fp32():
+    from tuner.deploy.quantize import Measurement
+    from tuner.deploy.quantize._measure import choose
+
+    def row(name, miou, latency, size, passed=True):
+        return Measurement(name, miou, 0, 0, [], latency, size, True, passed)
+
+    fp32 = row("fp32", 0.40, 10.0, 100)
+    fast_big = row("int8 a", 0.40, 5.0, 150)  # faster, but a larger file: never shipped
+    fast = row("int8 b", 0.40, 7.0, 30)
+    faster_failing = row("int8 c", 0.30, 4.0, 25, passed=False)
+    small_slow = row("int8 d", 0.40, 12.0, 20)
+    assert choose(fp32, [fast_big, fast, faster_failing, small_slow], 1.0)[0] is fast
+    chosen, reason = choose(fp32, [small_slow, row("int8 e", 0.4, 11.0, 40)], 1.0)
+    assert chosen is small_slow and "by size" in reason  # none faster: the smallest
+    chosen, reason = choose(fp32, [faster_failing], 1.0)
+    assert not chosen.passed and "no INT8 method stays within" in reason
 
 
 def test_missing_study_trial_and_artifact_are_named(study_home):

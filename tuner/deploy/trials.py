@@ -51,10 +51,16 @@ def quantize_trial(
     if data_root is None:
         raise UserError(f"study {study_name!r} does not record its data; pass --data DIR")
     out_dir = out_dir or paths.inside_home("quantized", f"{study_name}-trial{trial.number}")
+    source = {
+        "study": study_name,
+        "trial": trial.number,
+        "checkpoint_artifact_id": trial.user_attrs.get(attrs.CHECKPOINT),
+        "artifact_store": study.user_attrs.get(attrs.ARTIFACT_STORE),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = fetch_checkpoint(study, trial, Path(tmp) / "best.pt")
         log(f"study {study_name!r}, trial {trial.number}: {trial.params}")
-        report = quantize_checkpoint(checkpoint, Path(data_root), out_dir, options, log)
+        report = quantize_checkpoint(checkpoint, Path(data_root), out_dir, options, log, source)
     packed = archive(Path(out_dir))
     try:
         artifact_id = upload(study, artifact_store_for(study), packed)

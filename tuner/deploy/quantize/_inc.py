@@ -1,19 +1,30 @@
 """Intel Neural Compressor 3.x, without IPEX: the quantization methods and how each is run.
 
-A method is a name in `METHODS`: the INC config it builds, whether it quantizes the exported
+A method is a name in `METHODS`: the INC config it builds, the config that keeps a module in
+FP32 (INC's `set_local`, used for the per-layer fallback), whether it quantizes the exported
 PT2E graph (activations observed on calibration windows) or the eager module (weights only),
 and how much calibration it needs. Adding one is one registration::
 
     >>> from neural_compressor.torch.quantization import StaticQuantConfig
     >>> from tuner.deploy.quantize import METHODS, Method
     >>> METHODS["static_per_tensor"] = Method(
-    ...     lambda: StaticQuantConfig(w_granularity="per_tensor"), exported=True, calibrate="all"
+    ...     lambda: StaticQuantConfig(w_granularity="per_tensor"),
+    ...     skip=lambda: StaticQuantConfig(w_dtype="fp32", act_dtype="fp32"),
+    ...     exported=True,
     ... )
     >>> "static_per_tensor" in METHODS
     True
     >>> del METHODS["static_per_tensor"]
 
 It is then a valid `tuner quantize --method` and one of the candidates of `--method auto`.
+
+PT2E models are converted, then their weight quantization is folded into int8 constants
+(torchao's `constant_fold`, what `convert_pt2e(fold_quantize=True)` does; INC's `convert` does
+not pass that option on) and the FP32 weights it leaves behind are dropped: the saved model
+holds int8 weights only.
+
+SmoothQuant: INC 3.x runs it on PyTorch only through IPEX (`smooth_quant_entry` builds IPEX's
+qconfig), and IPEX pins torch 2.8, so it is not offered here.
 """
 
 from __future__ import annotations
@@ -35,42 +46,58 @@ from tuner.core.registry import Registry
 
 @dataclass(frozen=True)
 class Method:
-    """One way to quantize: `config()` builds INC's config; `exported` methods run on the
-    PT2E graph (export, prepare, calibrate, convert), the others on the eager module;
-    `calibrate` is "all" windows, "one batch" (so that weight observers run) or "none"."""
+    """One way to quantize: `config()` builds INC's config and `skip()` the config that keeps a
+    module in FP32; `exported` methods run on the PT2E graph (export, prepare, calibrate,
+    convert, fold), the others on the eager module; `calibrate` is "all" windows, "one batch"
+    (so that weight observers run at all) or "none"."""
 
     config: Callable[[], Any]
+    skip: Callable[[], Any]
     exported: bool
     calibrate: str = "all"
 
 
-def _static():
-    from neural_compressor.torch.quantization import StaticQuantConfig
+def _inc(name: str, **options) -> Callable[[], Any]:
+    """A factory of INC's config class `name` (imported only when a method runs)."""
 
-    return StaticQuantConfig()
+    def make():
+        module = importlib.import_module("neural_compressor.torch.quantization")
+        return getattr(module, name)(**options)
 
-
-def _dynamic():
-    from neural_compressor.torch.quantization import DynamicQuantConfig
-
-    return DynamicQuantConfig()
-
-
-def _weight_only():
-    from neural_compressor.torch.quantization import RTNConfig
-
-    # int8 per output channel; layer-wise loading would need `accelerate`.
-    return RTNConfig(use_layer_wise=False, bits=8, group_size=-1)
+    return make
 
 
 METHODS: Registry = Registry("quantization method")
-METHODS["static"] = Method(_static, exported=True, calibrate="all")  # W8A8
+METHODS["static"] = Method(  # W8A8
+    _inc("StaticQuantConfig"), _inc("StaticQuantConfig", w_dtype="fp32", act_dtype="fp32"), True
+)
 # Dynamic quantization needs one forward before convert, or every weight scale stays 1.0.
-METHODS["dynamic"] = Method(_dynamic, exported=True, calibrate="one batch")
-METHODS["weight_only"] = Method(_weight_only, exported=False, calibrate="none")
+METHODS["dynamic"] = Method(
+    _inc("DynamicQuantConfig"),
+    _inc("DynamicQuantConfig", w_dtype="fp32", act_dtype="fp32"),
+    exported=True,
+    calibrate="one batch",
+)
+# int8 per output channel; layer-wise loading would need `accelerate`.
+METHODS["weight_only"] = Method(
+    _inc("RTNConfig", use_layer_wise=False, bits=8, group_size=-1),
+    _inc("RTNConfig", dtype="fp32"),
+    exported=False,
+    calibrate="none",
+)
 
 
-# Environment -------------------------------------------------------------------------------
+def fallback_groups(model: torch.nn.Module) -> list[str]:
+    """The modules kept in FP32 one more per fallback step, most suspect first: the usual
+    accuracy losers of a quantized ViT segmenter are its head, its neck and its last blocks'
+    MLP and attention (activation outliers grow with depth)."""
+    groups = ["head", "encoder.neck"]
+    blocks = len(model.encoder.blocks)
+    for index in range(blocks - 1, max(blocks - 3, -1), -1):
+        groups += [f"encoder.blocks.{index}.mlp", f"encoder.blocks.{index}.attn"]
+    return groups
+
+
 def _quiet_inc() -> None:
     """INC logs at INFO on import; keep its warnings for real problems only."""
     warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._inductor")
@@ -146,51 +173,49 @@ def quantize_model(
     fp32: torch.nn.Module,
     crop: tuple[int, int],
     windows: list[torch.Tensor],
+    keep_fp32: tuple[str, ...] = (),
     backend: str = "inc",
 ):
-    """(quantized model, example inputs for saving or None)."""
+    """(quantized model, example inputs for saving or None); the modules named in `keep_fp32`
+    stay in FP32 (INC's `set_local`)."""
     from neural_compressor.torch.quantization import convert, prepare
 
     method = method_of(name)
+    config = method.config()
+    for module in keep_fp32:
+        config.set_local(module, method.skip())
     if backend == "ipex":
         # INC routes static quantization through IPEX once it is imported (eager model, no
         # export). Only reachable where IPEX matches torch, which is not the case here.
         import intel_extension_for_pytorch  # noqa: F401
 
         example = (torch.stack(windows[:2]),)
-        prepared = prepare(copy.deepcopy(fp32), method.config(), example_inputs=example)
+        prepared = prepare(copy.deepcopy(fp32), config, example_inputs=example)
         _calibrate(prepared, windows)
         return convert(prepared), None
     if not method.exported:
-        prepared = prepare(copy.deepcopy(fp32), method.config())
+        prepared = prepare(copy.deepcopy(fp32), config)
         _calibrate(prepared, calibration_set(method, windows))
         return convert(prepared), None
     exported, example = _export(fp32, crop)
-    prepared = prepare(exported, method.config())
+    prepared = prepare(exported, config)
     _calibrate(prepared, calibration_set(method, windows))
-    return convert(prepared), example
+    return fold_weights(convert(prepared)), example
 
 
-def autotune_method(name, fp32, crop, windows, miou_fn, tolerance_points, baseline_miou):
-    """INC's autotune over one candidate: eval = val mIoU, tolerable loss = the tolerance.
+def fold_weights(model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Replace quantize(fp32 weight) by its int8 result, and drop the FP32 weights nothing
+    reads any more."""
+    from torchao.quantization.pt2e.constant_fold import constant_fold
+    from torchao.quantization.pt2e.quantize_pt2e import _quant_node_constraint
 
-    PT2E configs need the exported graph and weight-only needs the eager module, so INC cannot
-    tune them in one config set; each candidate gets its own autotune call.
-    """
-    from neural_compressor.torch.quantization import TuningConfig, autotune
-
-    method = method_of(name)
-    relative = (tolerance_points / 100) / max(baseline_miou, 1e-6)
-    # max_trials=1: INC then returns the candidate even when it misses the tolerance (with the
-    # default of 100 it returns None); the gate below decides with our own measurement.
-    tuning = TuningConfig(config_set=[method.config()], tolerable_loss=relative, max_trials=1)
-
-    def run_fn(model):
-        _calibrate(model, calibration_set(method, windows))
-
-    if not method.exported:
-        model = autotune(copy.deepcopy(fp32), tuning, eval_fn=miou_fn, run_fn=run_fn)
-        return model, None
-    exported, example = _export(fp32, crop)
-    model = autotune(exported, tuning, eval_fn=miou_fn, run_fn=run_fn, example_inputs=example)
-    return model, example
+    constant_fold(model, _quant_node_constraint)
+    model.graph.eliminate_dead_code()
+    used = {node.target for node in model.graph.nodes if node.op == "get_attr"}
+    for kind in ("parameters", "buffers"):
+        for name, _ in list(getattr(model, f"named_{kind}")()):
+            if name not in used:
+                owner_path, _, attribute = name.rpartition(".")
+                delattr(model.get_submodule(owner_path) if owner_path else model, attribute)
+    model.recompile()
+    return model

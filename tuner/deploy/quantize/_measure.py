@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -26,6 +27,12 @@ class Measurement:
     compiled: bool
     passed: bool = True
     note: str = ""
+    kept_fp32: list[str] = field(default_factory=list)  # modules the fallback left in FP32
+
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+
+Measurement.FIELDS = tuple(f.name for f in fields(Measurement))
 
 
 # Measuring --------------------------------------------------------------------------------
@@ -65,29 +72,25 @@ def measure(name, model, val_set, crop, latency_set, repeats, size_bytes, compil
 def choose(
     fp32: Measurement, candidates: list[Measurement], tolerance: float
 ) -> tuple[Measurement, str]:
-    """The fastest candidate within tolerance; if none is faster than FP32 here, the smallest."""
-    if len(candidates) == 1:
-        only = candidates[0]
-        speed = fp32.latency_ms / only.latency_ms
-        verdict = (
-            f"{speed:.2f}x the FP32 speed on this CPU"
-            if speed > 1
-            else f"not faster than FP32 on this CPU ({speed:.2f}x its speed)"
-        )
-        size = f"{only.size_bytes / fp32.size_bytes:.0%} of the FP32 size"
-        return only, f"the method asked for; {verdict}; {size}"
+    """Among the candidates within tolerance and no larger than the FP32 file: the fastest if
+    any is faster than FP32 here, else the smallest. When none is within tolerance, the most
+    accurate, for the caller to refuse."""
     passing = [v for v in candidates if v.passed]
     if not passing:
         best = max(candidates, key=lambda v: v.miou)
         return best, f"no INT8 method stays within {tolerance:.2f} mIoU points"
-    faster = [v for v in passing if v.latency_ms < fp32.latency_ms]
+    eligible = [v for v in passing if v.size_bytes <= fp32.size_bytes]
+    if not eligible:
+        best = min(passing, key=lambda v: v.size_bytes)
+        return best, "every INT8 file is larger than the FP32 file; nothing worth shipping"
+    faster = [v for v in eligible if v.latency_ms < fp32.latency_ms]
     if faster:
         best = min(faster, key=lambda v: v.latency_ms)
         return best, (
             f"fastest within tolerance: {fp32.latency_ms / best.latency_ms:.2f}x the FP32 "
-            "speed on this CPU"
+            f"speed on this CPU, {best.size_bytes / fp32.size_bytes:.0%} of its size"
         )
-    best = min(passing, key=lambda v: v.size_bytes)
+    best = min(eligible, key=lambda v: v.size_bytes)
     return best, (
         "no INT8 method is faster than FP32 on this CPU, so the choice is by size "
         f"({best.size_bytes / fp32.size_bytes:.0%} of FP32)"

@@ -19,8 +19,8 @@ from tuner.deploy.quantize._inc import (
     METHODS,
     _configure_inductor,
     _quiet_inc,
-    autotune_method,
     calibration_windows,
+    fallback_groups,
     ipex_status,
     quantize_model,
 )
@@ -37,25 +37,35 @@ from tuner.deploy.quantize._store import (
 
 @dataclass
 class QuantizeOptions:
-    method: str = "auto"  # static | dynamic | weight_only | auto
+    method: str = "auto"  # a name in METHODS, or auto: each one, the best kept
     tolerance: float = 1.0  # allowed mIoU drop, in points (1.0 = 0.01 mIoU)
     calib: int = 16  # training images for calibration
     compile: bool = True  # torch.compile (Inductor, freezing): where int8 kernels come from
     backend: str = "inc"  # inc | ipex
     val_limit: int | None = None  # evaluate on the first N val images
+    fallback_steps: int = 3  # per-layer fallback: at most this many more modules kept in FP32
     latency_images: int = 4
     latency_repeats: int = 3
 
 
 # The whole job --------------------------------------------------------------------------------
 def quantize_checkpoint(
-    checkpoint: Path, data_root: Path, out_dir: Path, options: QuantizeOptions, log=print
+    checkpoint: Path,
+    data_root: Path,
+    out_dir: Path,
+    options: QuantizeOptions,
+    log=print,
+    source: dict | None = None,
 ) -> QuantizeReport:
     """Quantize, measure against FP32, gate on the tolerance, then (only if it passes) write
-    the INT8 model and its report to `out_dir`."""
+    the INT8 model and its report to `out_dir`. `source` records where the checkpoint came
+    from (default: its path).
+
+    Each method is quantized once; when its mIoU drop (measured eagerly, which is cheap) exceeds
+    the tolerance, it is quantized again with one more suspect module kept in FP32
+    (`fallback_groups`), up to `fallback_steps` times. Only the accepted model of each method is
+    compiled and measured for the table."""
     _quiet_inc()
-    if options.calib < 1:
-        raise UserError(f"--calib {options.calib}: at least one calibration image is needed")
     usable, ipex_line = ipex_status()
     if options.backend == "ipex":
         if not usable:
@@ -77,24 +87,26 @@ def quantize_checkpoint(
     if options.compile:
         _configure_inductor()
 
+    def row(name: str, model, size_bytes: int, compiled: bool) -> Measurement:
+        return measure(
+            name,
+            model,
+            val_set,
+            crop,
+            latency_set,
+            options.latency_repeats,
+            size_bytes,
+            compiled,
+            config.boundary_tolerance,
+        )
+
+    def miou(model) -> float:
+        return evaluate(model, val_set, crop, torch.device("cpu"))["miou"]
+
     with tempfile.TemporaryDirectory() as tmp:
         fp32_file = Path(tmp) / "fp32_state_dict.pt"
         torch.save(fp32.state_dict(), fp32_file)
         log("measuring FP32 ...")
-
-        def row(name: str, model, size_bytes: int, compiled: bool) -> Measurement:
-            return measure(
-                name,
-                model,
-                val_set,
-                crop,
-                latency_set,
-                options.latency_repeats,
-                size_bytes,
-                compiled,
-                config.boundary_tolerance,
-            )
-
         # FP32 eager always; FP32 compiled too when compiling, so that every INT8 model is
         # compared with the FP32 model run the same way.
         fp32_size = fp32_file.stat().st_size
@@ -102,22 +114,24 @@ def quantize_checkpoint(
         if options.compile:
             baselines.append(row("fp32", torch.compile(fp32), fp32_size, compiled=True))
         fp32_result = min(baselines, key=lambda v: v.latency_ms)
+        groups = fallback_groups(fp32)
 
-        def miou_fn(model) -> float:
-            return evaluate(model, val_set, crop, torch.device("cpu"))["miou"]
-
-        methods = METHODS if options.method == "auto" else (options.method,)
+        methods = list(METHODS) if options.method == "auto" else [options.method]
         candidates, models = [], {}
         for method in methods:
-            log(f"quantizing: {method} ...")
-            if options.method == "auto":
-                model, example = autotune_method(
-                    method, fp32, crop, windows, miou_fn, options.tolerance, fp32_result.miou
+            kept: list[str] = []
+            while True:
+                note = f" (kept in FP32: {', '.join(kept)})" if kept else ""
+                log(f"quantizing: {method}{note} ...")
+                model, example = quantize_model(
+                    method, fp32, crop, windows, tuple(kept), options.backend
                 )
-                if model is None:
-                    raise UserError(f"INC autotune returned no model for method {method}")
-            else:
-                model, example = quantize_model(method, fp32, crop, windows, options.backend)
+                drop = (fp32_result.miou - miou(model)) * 100
+                steps_left = len(kept) < min(options.fallback_steps, len(groups))
+                if drop <= options.tolerance or not steps_left:
+                    break
+                log(f"  mIoU drop {drop:.2f} points > {options.tolerance:.2f}: falling back")
+                kept.append(groups[len(kept)])
             staging = Path(tmp) / method
             save_quantized(model, method, example, staging)
             # Weight-only layers recompile per module under torch.compile; measure them eager.
@@ -128,6 +142,7 @@ def quantize_checkpoint(
                 folder_size(staging / MODEL_DIR),
                 compiled,
             )
+            variant.kept_fp32 = kept
             variant.passed = (fp32_result.miou - variant.miou) * 100 <= options.tolerance
             candidates.append(variant)
             models[variant.name] = (model, staging, method)
@@ -136,17 +151,19 @@ def quantize_checkpoint(
         report = QuantizeReport(
             chosen.name, fp32_result, candidates, options.tolerance, info, reason, baselines
         )
-        if not chosen.passed:
+        if not chosen.passed or chosen.size_bytes > fp32_result.size_bytes:
             raise QuantizationError(
-                f"mIoU drops {(fp32_result.miou - chosen.miou) * 100:.2f} points with "
-                f"{chosen.name} (FP32 {fp32_result.miou:.4f} -> INT8 {chosen.miou:.4f}); "
-                f"the tolerance is {options.tolerance:.2f}. Nothing was written. Try another "
-                "--method, more --calib images or a larger --tolerance."
+                f"{reason}: with {chosen.name}, mIoU {fp32_result.miou:.4f} -> "
+                f"{chosen.miou:.4f} ({(fp32_result.miou - chosen.miou) * 100:.2f} points; the "
+                f"tolerance is {options.tolerance:.2f}), "
+                f"{chosen.size_bytes / fp32_result.size_bytes:.0%} of the FP32 size. Nothing "
+                "was written. Try another --method, more --calib images or a larger --tolerance."
             )
         model, staging, method = models[chosen.name]
         report.reload_max_abs_diff = verify_reload(
             model, staging, method, config, latency_set[0], crop
         )
         report.output_dir = str(out_dir)
-        write_output(out_dir, staging, method, config, checkpoint, report)
+        source = source or {"checkpoint": str(Path(checkpoint).resolve())}
+        write_output(out_dir, staging, method, config, source, report)
     return report

@@ -3,9 +3,13 @@ config, provenance, the comparison) and `comparison.json`; written only once it 
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import json
 import shutil
 import tarfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +37,65 @@ class QuantizationError(UserError):
 
 
 # Saving and loading -------------------------------------------------------------------------
+EXPORTED_FILE = "model.pt2.gz"  # torch.export archive of a PT2E model, gzipped
+
+
 def save_quantized(model, method: str, example, folder: Path) -> None:
+    """PT2E models: the folded ExportedProgram, without the example inputs torch.export would
+    keep (a 2-image batch, 3 MB for the embedded model) and gzipped (its graph is JSON text).
+    Weight-only models: INC's own format."""
     target = folder / MODEL_DIR
     if example is None:  # eager (weight-only) models
         model.save(str(target))
-    else:  # PT2E graphs save through their own method (the top-level save() fails on them)
-        model.save(example_inputs=example, output_dir=str(target))
+        return
+    program = torch.export.export(model, example, dynamic_shapes=model.dynamic_shapes)
+    program._example_inputs = None
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    target.mkdir(parents=True, exist_ok=True)
+    with gzip.open(target / EXPORTED_FILE, "wb", compresslevel=6) as handle:
+        handle.write(buffer.getvalue())
+
+
+def check_archive(data: bytes, source: Path) -> None:
+    """What can be checked before `torch.export.load`, which unpickles some payloads with
+    `weights_only=False` (and retries the example inputs so when `weights_only=True` fails):
+    every pickled payload must load as plain tensors with `weights_only=True`, and the
+    archive must hold no custom or opaque objects (our exports have none)."""
+
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(f"{source}: {why}; refused for safety (load only your own exports)")
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = archive.namelist()
+    except zipfile.BadZipFile:
+        raise refuse("not a torch.export archive") from None
+    def plain(name: str) -> None:
+        payload = archive.read(name)
+        if not payload:  # what torch writes for no example inputs: nothing to unpickle
+            return
+        try:
+            torch.load(io.BytesIO(payload), weights_only=True)
+        except Exception:
+            raise refuse(f"{name} is not plain tensors") from None
+
+    for name in names:
+        if "/custom_objs/" in name or "opaque" in name:
+            raise refuse(f"it holds {name}, which loads by unpickling")
+        if "/sample_inputs/" in name:  # torch retries a failed weights_only load without it
+            plain(name)
+    for name in names:
+        if not name.endswith(("_weights_config.json", "_constants_config.json")):
+            continue
+        folder = name.rsplit("/", 1)[0]
+        config = json.loads(archive.read(name))["config"]
+        for entry in config.values():
+            path = entry.get("path_name", "")
+            if path.startswith(("custom_obj", "opaque")):
+                raise refuse(f"it holds a {path} object")
+            if entry.get("use_pickle"):
+                plain(f"{folder}/{path}")
 
 
 def read_meta(folder: Path) -> dict[str, Any]:
@@ -67,28 +124,59 @@ def read_meta(folder: Path) -> dict[str, Any]:
 
 
 def load_quantized(folder: str | Path):
-    """(model, TrainConfig) from a folder written by `tuner quantize`."""
+    """(model, TrainConfig) from a folder written by `tuner quantize`. PT2E archives are
+    code-bearing (torch.export unpickles parts of them): load only folders you made or trust.
+    Before loading, the files are checked against their recorded hashes and the archive against
+    `check_archive`."""
     _quiet_inc()
     from neural_compressor.torch.quantization import load
 
     folder = Path(folder)
     meta = read_meta(folder)
     config = meta["config"]
-    if not METHODS[meta["method"]].exported:
-        # INC restores only the quantized Linear layers into `original_model`; everything else
-        # (convolutions, norms, position tables) comes from the same saved file, here.
-        original = build_segmenter(config, pretrained=False).eval()
-        saved = torch.load(
-            folder / MODEL_DIR / "quantized_weight.pt", map_location="cpu", weights_only=True
+    _check_files(folder, meta)
+    if METHODS[meta["method"]].exported:
+        path = folder / MODEL_DIR / EXPORTED_FILE
+        try:
+            data = gzip.decompress(path.read_bytes())
+        except (OSError, EOFError) as exc:
+            raise CheckpointError(f"{path}: unreadable ({exc})") from None
+        check_archive(data, path)
+        return torch.export.load(io.BytesIO(data)).module(), config
+    # Weight-only: INC restores only the quantized Linear layers into `original_model`; the
+    # rest (convolutions, norms, position tables) comes from the same saved file, here.
+    original = build_segmenter(config, pretrained=False, initialise=False).eval()
+    saved = torch.load(
+        folder / MODEL_DIR / "quantized_weight.pt", map_location="cpu", weights_only=True
+    )
+    own = original.state_dict()
+    original.load_state_dict(
+        {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}, strict=False
+    )
+    return load(str(folder / MODEL_DIR), original_model=original), config
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a saved model, to find a changed or truncated one on load."""
+    root = folder / MODEL_DIR
+    return {
+        str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _check_files(folder: Path, meta: dict[str, Any]) -> None:
+    """The model files must be the ones `tuner quantize` wrote (their recorded sha256). This
+    catches corruption and a swapped file; it is not a signature: whoever can rewrite the folder
+    can rewrite quantization.json too."""
+    recorded = meta.get("files")
+    if recorded is None:
+        return  # written before hashes were recorded
+    if file_hashes(folder) != recorded:
+        raise CheckpointError(
+            f"{folder / MODEL_DIR}: its files differ from those recorded in {META_FILE}"
         )
-        own = original.state_dict()
-        original.load_state_dict(
-            {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}, strict=False
-        )
-        model = load(str(folder / MODEL_DIR), original_model=original)
-    else:
-        model = load(str(folder / MODEL_DIR))
-    return model, config
 
 
 def verify_reload(model, staging, method, config, image, crop) -> float:
@@ -108,8 +196,9 @@ def load_quantized_staging(staging: Path, method: str, config: TrainConfig):
     return load_quantized(staging)
 
 
-def write_output(out_dir, staging, method, config, checkpoint, report) -> None:
-    """Replace `out_dir` only now that the model passed: the old one survives any failure."""
+def write_output(out_dir, staging, method, config, source, report) -> None:
+    """Replace `out_dir` only now that the model passed: the old one survives any failure.
+    `source` says where the FP32 model came from (a study, trial and artifact id, or a file)."""
     out_dir = Path(out_dir)
     final = staging_dir(out_dir)
     try:
@@ -117,7 +206,8 @@ def write_output(out_dir, staging, method, config, checkpoint, report) -> None:
         meta = {
             "method": method,
             "config": config.to_dict(),
-            "source_checkpoint": str(checkpoint),
+            "source": source,
+            "files": file_hashes(final),
             "report": report.to_dict(),
         }
         (final / META_FILE).write_text(json.dumps(meta, indent=2))
