@@ -71,6 +71,7 @@ def check_archive(data: bytes, source: Path) -> None:
         names = archive.namelist()
     except zipfile.BadZipFile:
         raise refuse("not a torch.export archive") from None
+
     def plain(name: str) -> None:
         payload = archive.read(name)
         if not payload:  # what torch writes for no example inputs: nothing to unpickle
