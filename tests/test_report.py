@@ -84,31 +84,39 @@ class Page(HTMLParser):
             self.divs.append(attrs["id"])
 
 
-def test_report_has_every_section_and_works_offline(report_home):
+def test_report_opens_with_the_decision_and_draws_what_says_something(report_home):
     text = (report_home / "rep.html").read_text()
     page = Page()
     page.feed(text)
+    # One parameter varies: no importance bar of 1.0, no parallel-coordinate restatement.
     expected = [
+        "decision",
         "history",
-        "importances",
-        "parallel",
         "learning-curves",
-        "loss-comparison",
+        "latency-front",
+        "comparison",
         "class-iou",
         "quantization",
         "predictions",
     ]
     assert page.sections == expected
-    assert set(page.divs) == {f"fig-{k}" for k in expected if k != "predictions"}
+    figures = {f"fig-{k}" for k in expected if k not in ("decision", "predictions")}
+    assert set(page.divs) == figures
     assert page.scripts and all(src is None for src in page.scripts)  # plotly.js is inline
     # Nothing is fetched: no external scripts, stylesheets or images.
-    assert page.links == [] and all(src.startswith("data:image/png") for src in page.images)
+    assert page.links == [] and all(src.startswith("data:image/jpeg") for src in page.images)
+    decision = text[text.index('<section id="decision">') : text.index('<section id="history">')]
+    assert "Best: #" in decision and "95 % interval" in decision and "Verdict:" in decision
+    assert "INT8:" in decision  # the study was quantized
     assert "int8 weight_only" in text  # the FP32-vs-INT8 table
+    assert "Losses compared" in text
     for name in ("ce", "dice", "boundary_ce"):
-        assert f'"{name}"' in text  # every loss in the comparison
+        assert f"loss={name}" in text  # curves and points named by their params
+    assert '"text":"val mIoU"' in text  # axes named by metric, not Optuna's "Objective Value"
     (uri,) = page.images
     grid = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
-    assert grid.size == (4 * 256, 4 * 128)  # 4 val images x (photo, truth, prediction, errors)
+    # 4 val images x (photo, truth, prediction, errors), a header row and a class legend.
+    assert grid.size[0] == 4 * 256 and grid.size[1] > 4 * 128
 
 
 def test_figures_are_attached_for_the_dashboard(report_home):
@@ -121,8 +129,15 @@ def test_figures_are_attached_for_the_dashboard(report_home):
         study_id = json.loads(listing)["study_summaries"][0]["study_id"]
         code, body = call_wsgi(app, f"/api/studies/{study_id}")
     assert code.startswith("200")
-    ids = {g["id"] for g in json.loads(body)["plotly_graph_objects"]}
-    assert {"history", "loss-comparison", "class-iou", "quantization", "predictions"} <= ids
+    graphs = json.loads(body)["plotly_graph_objects"]
+    ids = {g["id"] for g in graphs}
+    assert {"history", "comparison", "class-iou", "quantization", "predictions"} <= ids
+    assert {"learning-curves", "latency-front"} <= ids
+    # Light enough to poll, and titled inside the figure (the cards show no heading).
+    assert sum(len(json.dumps(g)) for g in graphs) < 500_000
+    for graph in graphs:
+        figure = json.loads(graph["graph_object"])
+        assert figure["layout"]["title"]["text"], graph["id"]
 
 
 @pytest.mark.chromium
@@ -149,9 +164,9 @@ def test_report_draws_in_headless_chromium(report_home, chromium_path, tmp_path)
     ).stdout
     # plotly draws each figure as an <svg class="main-svg">; a failed script leaves none.
     drawn = dom.count('class="main-svg"')
-    assert drawn >= 7, drawn
+    assert drawn >= 6, drawn
     initialised = re.findall(r'<div[^>]*class="[^"]*js-plotly-plot', dom)
-    assert len(initialised) == 7  # every figure div was turned into a plot by plotly.js
+    assert len(initialised) == 6  # every figure div was turned into a plot by plotly.js
 
 
 def test_png_export_says_why_without_chromium_and_downloads_nothing(monkeypatch, tmp_path):
@@ -175,7 +190,27 @@ def test_png_export_with_system_chromium(report_home, chromium_path, tmp_path):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TUNER_HOME", str(report_home))
         study = load_existing_study("rep", open_storage(None))
-    sections = report_module.build_sections(study, predictions=False)[:2]
+    sections = report_module.build_sections(study, predictions=False)[:3]  # decision: no figure
     written, _ = report_module.export_png(sections, tmp_path)
-    assert [p.name for p in written] == ["history.png", "importances.png"]
+    assert [p.name for p in written] == ["history.png", "learning-curves.png"]
     assert Image.open(written[0]).size[0] == 1200
+
+
+def test_quantize_top_k_ships_the_best_int8_configuration(report_home, tmp_path):
+    out = tmp_path / "top"
+    args = ["quantize", "best", "--study", "rep", "--top", "2", "--method", "weight_only"]
+    args += ["--no-compile", "--calib", "2", "--out", str(out)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNER_HOME", str(report_home))
+        result = CliRunner().invoke(main, args)
+        study = load_existing_study("rep", open_storage(None))
+    assert result.exit_code == 0, result.output
+    assert "INT8 mIoU" in result.output and "INT8 winner: trial" in result.output
+    top = json.loads((out / "comparison.json").read_text())["extras"]["top"]
+    assert len(top) == 2 and sum(row["chosen"] for row in top) == 1
+    winner = next(row for row in top if row["chosen"])
+    assert winner["int8_miou"] == max(row["int8_miou"] for row in top)
+    assert study.user_attrs["quantization"]["extras"]["trial"] == winner["trial"]
+    front = report_module.build_sections(study, predictions=False)
+    latency = next(s for s in front if s.key == "latency-front")
+    assert any(trace.name == "INT8 copies" for trace in latency.figure.data)

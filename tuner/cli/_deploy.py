@@ -10,6 +10,33 @@ from tuner.cli._options import COUNT, STORAGE, RegistryChoice, data_option, out_
 from tuner.core import paths
 
 
+def top_rows(top: list[dict]) -> tuple[list[list], list[str]]:
+    """One line per quantized configuration: FP32 and INT8 mIoU, drop, latency, size."""
+    headers = ["trial", "params", "INT8 method", "FP32 mIoU", "INT8 mIoU", "drop (pts)"]
+    headers += ["latency ms", "size MB", "size vs FP32", "shipped"]
+    rows = []
+    for row in top:
+        params = ", ".join(f"{k}={v}" for k, v in row["params"].items())
+        if "failure" in row:
+            rows.append([row["trial"], params, "none within tolerance", *["-"] * 6, ""])
+            continue
+        rows.append(
+            [
+                row["trial"],
+                params,
+                row["method"],
+                f"{row['fp32_miou']:.4f}",
+                f"{row['int8_miou']:.4f}",
+                f"{row['drop_points']:.2f}",
+                f"{row['latency_ms']:.1f}",
+                f"{row['size_mb']:.2f}",
+                f"{row['size_ratio']:.0%}",
+                "yes" if row["chosen"] else "",
+            ]
+        )
+    return rows, headers
+
+
 class MethodChoice(RegistryChoice):
     """The registered methods, and `auto` (each one tried, the best kept)."""
 
@@ -41,8 +68,15 @@ class MethodChoice(RegistryChoice):
 @click.option("--backend", type=click.Choice(["inc", "ipex"]), default="inc", show_default=True)
 @click.option("--no-compile", is_flag=True, help="measure eager models (faster, no int8 kernels)")
 @click.option("--val-limit", type=COUNT, help="evaluate on the first N val images")
+@click.option(
+    "--top",
+    type=COUNT,
+    default=1,
+    show_default=True,
+    help="quantize the N best configurations and ship the best INT8 one",
+)
 @out_option("output folder (default: studies/quantized/STUDY-trialN)")
-def quantize(target, study, storage, checkpoint, data_root, no_compile, out_dir, **kw) -> None:
+def quantize(target, study, storage, checkpoint, data_root, no_compile, out_dir, top, **kw):
     """INT8 with Intel Neural Compressor: `quantize best --study NAME`, `quantize trial N
     --study NAME`, or `quantize --checkpoint PATH`."""
     from tuner.core.data import synth
@@ -62,11 +96,15 @@ def quantize(target, study, storage, checkpoint, data_root, no_compile, out_dir,
             if len(target) != 2 or not target[1].isdigit():
                 raise click.UsageError("usage: tuner quantize trial N --study NAME")
             number = int(target[1])
-        report = quantize_trial(study, number, options, storage, data_root, out_dir, log=click.echo)
+        report = quantize_trial(
+            study, number, options, storage, data_root, out_dir, log=click.echo, top=top
+        )
     else:
         raise click.UsageError(
             "usage: tuner quantize best --study NAME | trial N --study NAME | --checkpoint PATH"
         )
+    if "top" in report.extras:
+        click.echo("\n" + table(*top_rows(report.extras["top"])))
     rows, headers = comparison_rows(report)
     click.echo("\n" + table(rows, headers))
     click.echo(f"\nchosen: {report.chosen} ({report.reason})")

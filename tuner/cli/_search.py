@@ -75,12 +75,17 @@ def run(study, space_file, storage, data_root, checkpoint, no_report, **options)
 
 def print_leaderboard(study_name, storage_url, study=None) -> None:
     from tuner.core.text import table
-    from tuner.search.study import leaderboard_rows, load_existing_study, open_storage
+    from tuner.search.leaderboard import leaderboard_rows
+    from tuner.search.study import load_existing_study, open_storage
+    from tuner.search.verdict import decide
 
     study = study or load_existing_study(study_name, open_storage(storage_url, create=False))
     rows, headers = leaderboard_rows(study)
     click.echo(f"\nleaderboard of study {study.study_name!r} ({len(study.trials)} trials)")
     click.echo(table(rows, headers))
+    verdict = decide(study)
+    if verdict is not None:
+        click.echo(f"verdict: {verdict.text}")
 
 
 @click.command()
@@ -116,8 +121,10 @@ def cache(cache_limit, clear) -> None:
 @click.command()
 @study_option()
 @STORAGE
-def best(study, storage) -> None:
-    """The best trial (or Pareto front): params, metrics and checkpoint."""
-    from tuner.search.study import describe_best
+@click.option("--json", "as_json", is_flag=True, help="one JSON document (miou_ci, verdict, ...)")
+def best(study, storage, as_json) -> None:
+    """The best configuration (or Pareto front): its score with a 95 % interval, whether it is
+    really ahead of the runner-ups, params and checkpoint."""
+    from tuner.search.leaderboard import describe_best
 
-    click.echo(describe_best(study, storage))
+    click.echo(describe_best(study, storage, as_json))

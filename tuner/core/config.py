@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import UnionType
 from typing import Any, get_args, get_type_hints
@@ -237,22 +237,3 @@ def _type_name(key: str) -> str:
     annotation = _TYPES[key]
     options = get_args(annotation) if isinstance(annotation, UnionType) else (annotation,)
     return " or ".join("null" if t is type(None) else t.__name__ for t in options)
-
-
-@dataclass
-class FitSummary:
-    """What a finished (or stopped) run reports back to whoever called `fit`."""
-
-    best_metrics: dict[str, Any]
-    final_metrics: dict[str, Any]
-    best_epoch: int
-    epochs_run: int
-    stopped_early: bool
-    checkpoint: Path | None
-    epoch_seconds: list[float] = field(default_factory=list)
-    fit_seconds: float = 0.0
-    compile_seconds: float = 0.0  # included in fit_seconds, not in epoch_seconds
-    cache: dict[str, Any] = field(default_factory=dict)  # frozen-prefix cache hits and misses
-    trainable_params: int = 0
-    total_params: int = 0
-    device: str = "cpu"

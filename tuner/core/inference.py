@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -84,16 +86,19 @@ def evaluate(
     on_prediction: Callable[[int, torch.Tensor], None] | None = None,
     num_workers: int = 0,
     forward: Callable[[int, torch.Tensor, int], torch.Tensor] | None = None,
+    metrics: SegmentationMetrics | None = None,
 ) -> dict:
     """Metrics of `model` on every image of `dataset` (a CityscapesDataset or alike).
 
     `on_prediction(index, train_ids)` sees each (H, W) prediction, e.g. to write PNGs.
     `forward(index, window, window_number)` replaces `model(window)`, e.g. to read the frozen
-    prefix of each window from the cache.
+    prefix of each window from the cache. Pass `metrics` to keep the accumulator (and its
+    per-image counts) afterwards.
     """
     was_training = model.training
     set_mode(model, training=False)
-    metrics = SegmentationMetrics(boundary_tolerance=boundary_tolerance, device=device)
+    if metrics is None:
+        metrics = SegmentationMetrics(boundary_tolerance=boundary_tolerance, device=device)
     loader = DataLoader(EvalSet(dataset), batch_size=1, num_workers=num_workers)
     try:
         for image, label, index in loader:
@@ -112,3 +117,27 @@ def set_mode(model: nn.Module, training: bool) -> None:
     """train()/eval(), except on exported (quantized) graphs, whose mode is fixed at export."""
     with contextlib.suppress(NotImplementedError):
         model.train(training)
+
+
+@torch.no_grad()
+def latency_ms(
+    model: nn.Module, crop: tuple[int, int], device: torch.device, repeats: int = 10
+) -> float:
+    """Median milliseconds of one forward pass of a crop-sized image (batch 1, eval mode)
+    after three warm-up passes, on `device`: what the model costs per window where it ran."""
+    was_training = model.training
+    set_mode(model, training=False)
+    image = torch.zeros(1, 3, *crop, device=device)
+    times = []
+    try:
+        for step in range(3 + repeats):
+            start = time.perf_counter()
+            with autocast(device):
+                model(image)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if step >= 3:
+                times.append(time.perf_counter() - start)
+    finally:
+        set_mode(model, was_training)
+    return statistics.median(times) * 1000

@@ -15,10 +15,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from tuner.core.data.boundary import label_boundary
 from tuner.core.data.labels import IGNORE_INDEX, NUM_CLASSES
+from tuner.core.stats import PerImage
 
 
 class SegmentationMetrics:
@@ -34,16 +36,29 @@ class SegmentationMetrics:
         # Per class: [pred boundary px near gt boundary, pred boundary px,
         #             gt boundary px near pred boundary, gt boundary px]
         self.boundary = torch.zeros(4, num_classes, dtype=torch.float64, device=device)
+        self._updates: list[tuple[torch.Tensor, torch.Tensor]] = []  # counts of each update
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """pred, target: (B, H, W) train ids; target may hold 255."""
+        """pred, target: (B, H, W) train ids; target may hold 255. `evaluate` passes one image
+        per call, so the counts of each call are the per-image counts (`per_image`)."""
         valid = target != IGNORE_INDEX
         index = target[valid].long() * self.num_classes + pred[valid].long()
-        self.confusion += torch.bincount(index, minlength=self.num_classes**2).view(
+        confusion = torch.bincount(index, minlength=self.num_classes**2).view(
             self.num_classes, self.num_classes
         )
-        self.boundary += self._boundary_counts(pred, target)
+        boundary = self._boundary_counts(pred, target)
+        self.confusion += confusion
+        self.boundary += boundary
+        self._updates.append((confusion.cpu(), boundary.cpu()))
+
+    def per_image(self) -> PerImage:
+        """Counts of each update: what the bootstrap resamples (`tuner.core.stats`)."""
+        if not self._updates:
+            k = self.num_classes
+            return PerImage(np.zeros((0, k, k), np.int64), np.zeros((0, 4, k)))
+        confusion, boundary = zip(*self._updates)
+        return PerImage(torch.stack(confusion).numpy(), torch.stack(boundary).numpy())
 
     def _boundary_counts(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per class: boundary pixels of the prediction and of the truth, and how many of each

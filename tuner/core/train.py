@@ -10,6 +10,7 @@ import contextlib
 import math
 import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,15 +21,38 @@ from tqdm import tqdm
 
 from tuner.core.cache import FeatureCache
 from tuner.core.checkpoint import BestCheckpoint
-from tuner.core.config import FitSummary, TrainConfig
+from tuner.core.config import TrainConfig
 from tuner.core.data.check import require_valid
 from tuner.core.data.transforms import Augment, AugmentedSet
 from tuner.core.environment import autocast, configure_threads, resolve_device
 from tuner.core.errors import ConfigError, UserError
 from tuner.core.frozen_prefix import PrefixFeatures
-from tuner.core.inference import evaluate, set_mode
+from tuner.core.inference import evaluate, latency_ms, set_mode
 from tuner.core.losses import get_loss
+from tuner.core.metrics import SegmentationMetrics
 from tuner.core.model import Segmenter, build_segmenter
+from tuner.core.stats import PerImage
+
+
+@dataclass
+class FitSummary:
+    """What a finished (or stopped) run reports back to whoever called `fit`."""
+
+    best_metrics: dict[str, Any]
+    final_metrics: dict[str, Any]
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    checkpoint: Path | None
+    epoch_seconds: list[float] = field(default_factory=list)
+    fit_seconds: float = 0.0
+    compile_seconds: float = 0.0  # included in fit_seconds, not in epoch_seconds
+    cache: dict[str, Any] = field(default_factory=dict)  # frozen-prefix cache hits and misses
+    trainable_params: int = 0
+    total_params: int = 0
+    device: str = "cpu"
+    latency_ms: float | None = None  # per crop-sized image, batch 1, on `device`
+    per_image: PerImage | None = None  # the best epoch's validation counts, for the bootstrap
 
 
 class NonFiniteLossError(UserError, FloatingPointError):
@@ -241,7 +265,12 @@ class Trainer:
         return self.forward(window)
 
     def evaluate(self) -> dict[str, Any]:
+        """The validation metrics (prefixed val_); their per-image counts stay in
+        `self.last_per_image`, for the bootstrap of the best epoch."""
         plain = self.prefix is None and not self.compiled
+        accumulator = SegmentationMetrics(
+            boundary_tolerance=self.config.boundary_tolerance, device=self.device
+        )
         metrics = evaluate(
             self.model,
             self.val_set,
@@ -250,7 +279,9 @@ class Trainer:
             self.config.boundary_tolerance,
             num_workers=self.config.num_workers,
             forward=None if plain else self._eval_forward,
+            metrics=accumulator,
         )
+        self.last_per_image = accumulator.per_image()
         return {f"val_{k}": v for k, v in metrics.items()}
 
 
@@ -283,7 +314,7 @@ def fit(
         if trainer.compiled:
             log(f"compiled in {compile_seconds:.1f}s")
         best: dict[str, Any] = {}
-        best_epoch, stopped = -1, False
+        best_epoch, stopped, best_per_image = -1, False, None
         epoch_seconds: list[float] = []
         metrics: dict[str, Any] = {}
         try:
@@ -294,6 +325,7 @@ def fit(
                 metrics["epoch_seconds"] = epoch_seconds[-1]
                 if best_epoch < 0 or _better(metrics[config.monitor], best[config.monitor]):
                     best, best_epoch = dict(metrics), epoch
+                    best_per_image = trainer.last_per_image
                     saver.offer(model, config, best, epoch)
                 log(
                     f"epoch {epoch + 1}/{config.epochs}: loss {metrics['train_loss']:.4f}  "
@@ -306,6 +338,7 @@ def fit(
         finally:  # however training ends, the best epoch so far is on disk
             checkpoint = saver.flush()
         cache_stats = trainer.prefix.stats() if trainer.prefix else {}
+        latency = latency_ms(model, config.image_size, trainer.device)
     return FitSummary(
         best_metrics=best,
         final_metrics=metrics,
@@ -320,6 +353,8 @@ def fit(
         trainable_params=trainable,
         total_params=total,
         device=str(trainer.device),
+        latency_ms=latency,
+        per_image=best_per_image,
     )
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import optuna
 
+from tuner.report._decision import decision
 from tuner.report._export import export_png, system_chromium
 from tuner.report._figures import (
     class_heatmap,
-    loss_comparison,
+    comparison,
+    latency_front,
+    learning_curves,
     optuna_figures,
     quantization_table,
 )
@@ -31,8 +34,10 @@ __all__ = [
 
 # Assembling ----------------------------------------------------------------------------------
 def build_sections(study: optuna.Study, predictions: bool = True) -> list[Section]:
-    sections = optuna_figures(study)
-    sections += [loss_comparison(study), class_heatmap(study), quantization_table(study)]
+    """The decision first, then the figures that say something for this study."""
+    sections = [decision(study), *optuna_figures(study)]
+    sections += [learning_curves(study), latency_front(study), comparison(study)]
+    sections += [class_heatmap(study), quantization_table(study)]
     if predictions:
         sections.append(prediction_grid(study))
-    return sections
+    return [s for s in sections if s is not None]

@@ -36,7 +36,8 @@ def render_html(study: optuna.Study, sections: list[Section]) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px; color: #222; }}
 section {{ margin: 2.5rem 0; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: .3rem; }}
-.note {{ color: #666; }}
+.note {{ color: #666; }} .warn {{ color: #a15c00; }}
+.decision {{ font-size: 1.15rem; }}
 </style></head>
 <body><h1>{title}</h1>
 <p>{summary}; objectives: {html.escape(", ".join(metric_names(study)))}.</p>

@@ -10,6 +10,8 @@ ARTIFACT_STORE = "artifact_store"  # where checkpoints go: a folder or s3://buck
 SEARCH_SPACE = "search_space"  # the YAML text the study was created with
 DATA_ROOT = "data_root"  # the Cityscapes root its trials trained on
 QUANTIZATION = "quantization"  # the FP32-vs-INT8 comparison of `tuner quantize`
+CONFIRMATION_STUDY = "confirmation_study"  # where its seed confirmations run (NAME.confirm)
+CONFIRMS_STUDY = "confirms_study"  # on a confirmation study: the study it confirms
 
 # Trial attributes.
 CONFIG = "config"  # the whole TrainConfig, as a dict
@@ -27,7 +29,13 @@ TRAINABLE_PARAMS = "trainable_params"
 TOTAL_PARAMS = "total_params"
 DEVICE = "device"  # what it ran on, with the CPU's instruction sets
 VERSIONS = "versions"  # python, torch, optuna, ...
+LATENCY_MS = "latency_ms"  # median ms per crop-sized image, batch 1, where it trained
+MIOU_CI = "val_miou_ci"  # [low, high]: 95 % bootstrap interval over validation images
+BOUNDARY_F1_CI = "val_boundary_f1_ci"
+CONFIRMS = "confirms"  # on a confirmation trial: the number of the trial it repeats
+SEED = "seed"  # ... and the seed it runs with
 CHECKPOINT = "checkpoint_artifact_id"  # best.pt in the artifact store
+PER_IMAGE = "per_image_artifact_id"  # per-image confusion and boundary counts (npz)
 CONFIG_ARTIFACT = "config_artifact_id"  # config.json beside it
 
 METRICS = (

@@ -24,11 +24,14 @@ from tuner.core.cache import FeatureCache
 from tuner.core.checkpoint import CHECKPOINT_NAME, CONFIG_NAME
 from tuner.core.data.cityscapes import CityscapesDataset
 from tuner.core.environment import device_description, package_versions
+from tuner.core.stats import bootstrap
 from tuner.core.text import short
 from tuner.core.train import fit
 from tuner.search import attrs
 from tuner.search.space import SearchSpace
 from tuner.search.study import upload
+
+PER_IMAGE_FILE = "per_image.npz"
 
 
 class TrialReporter:
@@ -76,7 +79,10 @@ class TrialRunner:
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.current = trial.number
-        config = self.space.sample(trial, self.overrides)
+        overrides = dict(self.overrides)
+        if attrs.CONFIRMS in trial.user_attrs:  # a seed confirmation: same params, its own seed
+            overrides["seed"] = trial.user_attrs[attrs.SEED]
+        config = self.space.sample(trial, overrides)
         trial.set_user_attr(attrs.CONFIG, config.to_dict())
         trial.set_user_attr(attrs.WORKER, f"{socket.gethostname()}:{os.getpid()}")
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
@@ -98,7 +104,7 @@ class TrialRunner:
                 log=lambda m: self.log(trial.number, m),
                 cache=self.cache,
             )
-            self._record(trial, summary)
+            self._record(trial, summary, work)
             if summary.stopped_early:
                 raise optuna.TrialPruned(f"pruned after epoch {summary.epochs_run}")
             if summary.checkpoint is not None:
@@ -120,10 +126,17 @@ class TrialRunner:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def _record(self, trial: optuna.Trial, summary) -> None:
+    def _record(self, trial: optuna.Trial, summary, work: Path) -> None:
         best = summary.best_metrics
         for key in attrs.METRICS:
             trial.set_user_attr(key, best.get(key))
+        if summary.per_image is not None and summary.per_image.images:
+            # The noise of this score: a seeded bootstrap over the validation images; the
+            # counts themselves go beside the checkpoint, for paired comparisons later.
+            intervals = bootstrap(summary.per_image)
+            trial.set_user_attr(attrs.MIOU_CI, intervals["miou"])
+            trial.set_user_attr(attrs.BOUNDARY_F1_CI, intervals["boundary_f1"])
+            summary.per_image.save(work / PER_IMAGE_FILE)
         recorded = {
             attrs.BEST_EPOCH: summary.best_epoch,
             attrs.EPOCH_SECONDS: [round(s, 3) for s in summary.epoch_seconds],
@@ -132,6 +145,7 @@ class TrialRunner:
             attrs.CACHE: summary.cache,
             attrs.TRAINABLE_PARAMS: summary.trainable_params,
             attrs.TOTAL_PARAMS: summary.total_params,
+            attrs.LATENCY_MS: summary.latency_ms,
             attrs.DEVICE: device_description(torch.device(summary.device)),
             attrs.VERSIONS: package_versions(),
         }
@@ -139,14 +153,17 @@ class TrialRunner:
             trial.set_user_attr(key, value)
 
     def _upload(self, trial: optuna.Trial, work: Path) -> None:
-        for name, key in (
-            (CHECKPOINT_NAME, attrs.CHECKPOINT),
-            (CONFIG_NAME, attrs.CONFIG_ARTIFACT),
-        ):
-            trial.set_user_attr(key, upload(trial, self.artifact_store, work / name))
+        files = {
+            attrs.CHECKPOINT: CHECKPOINT_NAME,
+            attrs.CONFIG_ARTIFACT: CONFIG_NAME,
+            attrs.PER_IMAGE: PER_IMAGE_FILE,
+        }
+        for key, name in files.items():
+            if (work / name).exists():
+                trial.set_user_attr(key, upload(trial, self.artifact_store, work / name))
 
 
 def _objective_value(summary, metric: str) -> float:
-    if metric in ("fit_seconds", "trainable_params"):
+    if metric in ("fit_seconds", "trainable_params", "latency_ms"):
         return float(getattr(summary, metric))
     return float(summary.best_metrics[metric])

@@ -30,6 +30,7 @@ from tuner.core.errors import UserError
 from tuner.core.model import resolve_model
 from tuner.core.model.backbone import scratch_variant
 from tuner.search import attrs
+from tuner.search.confirm import enqueue_confirmations, open_confirmation_study
 from tuner.search.objective import TrialRunner
 from tuner.search.preflight import preflight
 from tuner.search.samplers import SAMPLERS, make_sampler, options_of
@@ -147,6 +148,8 @@ def run(options: RunOptions) -> optuna.Study:
         run_worker(plans[0])
     else:
         _run_processes(plans)
+    if plans[0].space.confirm is not None:
+        run_confirmations(plans[0])
     study = optuna.load_study(study_name=options.study, storage=storage)
     started = [t for t in study.trials if t.number >= before]
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -197,6 +200,17 @@ def run_worker(plan: WorkerPlan) -> None:
             f"(budget {plan.budget}); pass --trials N to run N more"
         )
         return
+    optimize(
+        study,
+        trial_runner(plan, study, prefix),
+        n_trials=remaining,
+        timeout=options.timeout if options.timeout is not None else space.timeout,
+        callbacks=[StopAtBudget(plan.budget)] if plan.budget is not None else [],
+    )
+
+
+def trial_runner(plan: WorkerPlan, study: optuna.Study, prefix: str) -> TrialRunner:
+    options = plan.options
     overrides = {
         k: v
         for k, v in {
@@ -209,8 +223,8 @@ def run_worker(plan: WorkerPlan) -> None:
     }
     work_dir = paths.home() / "tmp"
     work_dir.mkdir(parents=True, exist_ok=True)
-    runner = TrialRunner(
-        space=space,
+    return TrialRunner(
+        space=plan.space,
         data_root=Path(plan.data_root),
         artifact_store=open_artifact_store(study.user_attrs.get(attrs.ARTIFACT_STORE)),
         overrides=overrides,
@@ -219,21 +233,35 @@ def run_worker(plan: WorkerPlan) -> None:
         progress=options.progress and options.jobs == 1,
         prefix=prefix,
     )
+
+
+def optimize(study: optuna.Study, runner: TrialRunner, **kwargs) -> None:
+    """study.optimize, where Ctrl-C queues the interrupted trial again with the same params."""
     try:
-        study.optimize(
-            runner,
-            n_trials=remaining,
-            timeout=options.timeout if options.timeout is not None else space.timeout,
-            callbacks=[StopAtBudget(plan.budget)] if plan.budget is not None else [],
-            catch=(Exception,),
-            gc_after_trial=True,
-        )
+        study.optimize(runner, catch=(Exception,), gc_after_trial=True, **kwargs)
     except KeyboardInterrupt:
         if runner.current is not None:
             trial = get_trial(study, runner.current)
             if trial.state == optuna.trial.TrialState.FAIL:
                 requeue(study, trial, reason="interrupted")
         raise
+
+
+def run_confirmations(plan: WorkerPlan) -> None:
+    """After the budget: the best configurations again with other seeds (tuner.search.confirm)."""
+    options, space = plan.options, plan.space
+    storage = open_storage(options.storage, space.fault_tolerance)
+    study = open_study(space, storage, options.artifacts)
+    confirm = open_confirmation_study(study, storage)
+    optuna.storages.fail_stale_trials(confirm)
+    runner = trial_runner(plan, confirm, "[confirm] ")
+    while waiting := enqueue_confirmations(study, confirm, space):
+        print(
+            f"confirming the {space.confirm.top} best configuration(s) with "
+            f"{space.confirm.seeds} more seed(s) each: {waiting} trial(s) in "
+            f"{confirm.study_name!r}"
+        )
+        optimize(confirm, runner, n_trials=waiting)
 
 
 def sampler_seed(base: int, trials_so_far: int, index: int, machine_shared: bool) -> int:

@@ -33,6 +33,7 @@ METRICS = {
     "train_loss": "minimize",
     "fit_seconds": "minimize",
     "trainable_params": "minimize",
+    "latency_ms": "minimize",  # per crop-sized image, batch 1, on the device it trained on
 }
 TOP_LEVEL_KEYS = {
     "study",
@@ -47,6 +48,7 @@ TOP_LEVEL_KEYS = {
     "params",
     "fault_tolerance",
     "synthetic",
+    "confirm",
 }
 
 
@@ -65,10 +67,23 @@ class Param:
     high: float | int | None = None
     log: bool = False
     step: float | int | None = None
+    # For list-valued fields (image_size): the values behind the choices, which Optuna stores
+    # as labels ("256x512") because its categorical choices must be scalars.
+    values: tuple[Any, ...] = ()
+
+    def decode(self, choice: Any) -> Any:
+        return self.values[self.choices.index(choice)] if self.values else choice
+
+    @property
+    def options(self) -> list[Any]:
+        """What the field can be: the choices' values, or the range's ends."""
+        if self.kind == "categorical":
+            return list(self.values or self.choices)
+        return [self.low, self.high]
 
     def suggest(self, trial) -> Any:
         if self.kind == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
+            return self.decode(trial.suggest_categorical(self.name, list(self.choices)))
         if self.kind == "int":
             return trial.suggest_int(
                 self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
@@ -94,6 +109,15 @@ class FaultTolerance:
 
 
 @dataclass(frozen=True)
+class Confirm:
+    """Once the budget is spent, run the `top` best distinct configurations again with
+    `seeds` more seeds each (in the study NAME.confirm, which no sampler sees)."""
+
+    top: int = 2
+    seeds: int = 1
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     study: str
     source: str
@@ -107,6 +131,7 @@ class SearchSpace:
     fault_tolerance: FaultTolerance = field(default_factory=FaultTolerance)
     synthetic: SynthSpec = field(default_factory=SynthSpec)
     description: str = ""
+    confirm: Confirm | None = None
 
     @property
     def directions(self) -> list[str]:
@@ -125,7 +150,7 @@ class SearchSpace:
         TrainConfig's default."""
         param = next((p for p in self.params if p.name == name), None)
         if param is not None:
-            return list(param.choices) if param.kind == "categorical" else [param.low, param.high]
+            return param.options
         if name in self.fixed:
             return [self.fixed[name]]
         return [getattr(TrainConfig(), name)]
@@ -232,7 +257,13 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
         fault_tolerance=_dataclass_section(raw, "fault_tolerance", FaultTolerance, source),
         synthetic=_dataclass_section(raw, "synthetic", SynthSpec, source),
         description=str(raw.get("description") or ""),
+        confirm=_dataclass_section(raw, "confirm", Confirm, source) if "confirm" in raw else None,
     )
+    if space.confirm is not None and space.multi_objective:
+        raise ConfigError(
+            f"{source}: confirm: needs one objective to rank configurations by; this space has "
+            f"{len(objectives)}"
+        )
     _check_choices_build(space)
     if sampler["name"] == "grid":
         space.grid()  # raises for params a grid cannot enumerate
@@ -318,10 +349,9 @@ def _param(name: str, spec: Any, source: str) -> Param:
                 + (" or all" if name in FIELD_REGISTRIES else "")
             )
         values = tuple(coerce_field(name, c, where) for c in choices)
-        # Optuna stores categorical choices as None/bool/int/float/str; lists become tuples.
-        values = tuple(list(v) if isinstance(v, tuple) else v for v in values)
-        if any(isinstance(v, list) for v in values):
-            raise ConfigError(f"{where}: list-valued fields cannot vary; fix them in `fixed`")
+        if any(isinstance(v, tuple) for v in values):  # image_size: labels for Optuna
+            labels = tuple("x".join(f"{x:g}" for x in v) for v in values)
+            return Param(name, kind, choices=labels, values=values)
         return Param(name, kind, choices=values)
     numeric = int if kind == "int" else float
     if kind == "float" and TrainConfig.field_type(name) is int:
@@ -369,7 +399,7 @@ def _check_choices_build(space: SearchSpace) -> None:
     only invalid together, e.g. freeze_depth with a smaller model)."""
     options = []
     for p in space.params:
-        values = p.choices if p.kind == "categorical" else (p.low, p.high)
+        values = p.options
         for value in values:
             try:
                 TrainConfig.from_dict({**space.fixed, p.name: value}, source=space.source)

@@ -53,7 +53,15 @@ def requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
             state=TrialState.WAITING,
             params=trial.params,
             distributions=trial.distributions,
-            user_attrs={attrs.REQUEUED_BECAUSE: reason},
+            user_attrs={
+                attrs.REQUEUED_BECAUSE: reason,
+                # A seed confirmation stays one: the same trial it repeats, the same seed.
+                **{
+                    k: trial.user_attrs[k]
+                    for k in (attrs.CONFIRMS, attrs.SEED)
+                    if k in trial.user_attrs
+                },
+            },
             system_attrs=system_attrs,
         )
     )

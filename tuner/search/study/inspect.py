@@ -10,9 +10,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.core import paths
 from tuner.core.errors import StudyError
-from tuner.core.text import short
 from tuner.search import attrs
-from tuner.search.study.storage import load_existing_study, open_storage
+from tuner.search.study.storage import open_storage
 
 
 # Inspection ------------------------------------------------------------------------------------
@@ -52,25 +51,19 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(study.get_trials(deepcopy=False), key=key)
 
 
-def leaderboard_rows(study: optuna.Study, limit: int = 20) -> tuple[list[list[Any]], list[str]]:
-    metrics = metric_names(study)
-    param_names = sorted({p for t in study.get_trials(deepcopy=False) for p in t.params})
-    headers = ["#", "state", *metrics, "boundary F1", "epochs", "seconds", *param_names]
-    rows = []
-    for t in ranked_trials(study)[:limit]:
-        values = list(t.values) if t.values else [None] * len(metrics)
-        rows.append(
-            [
-                t.number,
-                t.state.name,
-                *values,
-                t.user_attrs.get("val_boundary_f1"),
-                len(t.user_attrs.get(attrs.EPOCH_SECONDS, [])) or None,
-                round(t.duration.total_seconds()) if t.duration else None,
-                *[short(t.params.get(p)) for p in param_names],
-            ]
-        )
-    return rows, headers
+RISING = 0.003  # mIoU gained in the last epoch that says "still improving"
+
+
+def still_improving(trial: FrozenTrial) -> bool:
+    """Its last epoch was its best, by a margin: more epochs may change the ranking."""
+    history = [h.get("val_miou") for h in trial.user_attrs.get(attrs.HISTORY, [])]
+    history = [v for v in history if v is not None]
+    return len(history) >= 2 and history[-1] - max(history[:-1]) > RISING
+
+
+def stopped_at(trial: FrozenTrial) -> int | None:
+    """The epoch (1-based) a pruned trial stopped after."""
+    return max(trial.intermediate_values) if trial.intermediate_values else None
 
 
 def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
@@ -107,36 +100,6 @@ def list_studies(storage_url: str | None) -> list[list[Any]]:
             ]
         )
     return rows
-
-
-def describe_best(study_name: str, storage_url: str | None) -> str:
-    study = load_existing_study(study_name, open_storage(storage_url, create=False))
-    best = best_trials(study)
-    if not best:
-        raise StudyError(f"study {study_name!r} has no completed trial yet")
-    metrics = metric_names(study)
-    lines = []
-    for trial in best:
-        lines.append(f"trial {trial.number} of study {study_name!r}")
-        lines += [f"  {m}: {v:.4f}" for m, v in zip(metrics, trial.values)]
-        lines.append("  params: " + ", ".join(f"{k}={v}" for k, v in trial.params.items()))
-        attrs = trial.user_attrs
-        for key in (
-            "val_miou",
-            "val_boundary_f1",
-            "val_pixel_acc",
-            "best_epoch",
-            "fit_seconds",
-            "trainable_params",
-            "device",
-        ):
-            if key in attrs and key not in metrics:
-                value = attrs[key]
-                lines.append(
-                    f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}"
-                )
-        lines.append(f"  checkpoint: {checkpoint_location(study, trial)}")
-    return "\n".join(lines)
 
 
 def checkpoint_location(study: optuna.Study, trial: FrozenTrial) -> str:
