@@ -20,6 +20,7 @@ from tuner.core.environment import autocast
 from tuner.core.losses import LOSSES, get_loss
 from tuner.core.model import HEADS, build_segmenter
 from tuner.core.model.attention import use_fused_attention
+from tuner.core.registry import ENCODERS
 
 
 def step_fn(config: TrainConfig, device: str = "cpu", loss: str = "ce", compiled: bool = False):
@@ -147,6 +148,48 @@ def compile_cost(quick: bool) -> list[dict]:
     return rows
 
 
+def adapter_costs(quick: bool) -> list[dict]:
+    """Fine-tuning methods side by side, per model: everything trains (freeze 0), the head alone
+    on a frozen encoder (from images; cached features make it cheaper still, see bench cache),
+    and LoRA on every block of the frozen encoder (SAMed's rank 4 on q and v, and rank 16 on
+    all of qkv). LoRA trains few parameters but back-propagates through every block."""
+    if quick:
+        plans = [("sam_tiny", (64, 128), 2, 1)]
+    else:
+        plans = [("sam_tiny", (256, 512), 2, 3), ("vit_b", (512, 512), 1, 2)]
+    rows = []
+    for model, size, batch, repeats in plans:
+        base = TrainConfig(model=model, head="linear", image_size=size, batch_size=batch)
+        depth = ENCODERS[model].depth
+        methods = {
+            "full fine-tune": base,
+            "frozen encoder": base.replace(freeze_depth=depth),
+            "lora r4 qv": base.replace(freeze_depth=depth, adapter="lora", lora_rank=4),
+            "lora r16 qkv": base.replace(
+                freeze_depth=depth, adapter="lora", lora_rank=16, lora_targets="qkv"
+            ),
+        }
+        timed = {}
+        for method, config in methods.items():
+            step, net = step_fn(config)
+            trainable, total = net.parameter_counts()
+            timed[method] = median_seconds(step, repeats, warmup=1)
+            rows.append(
+                {
+                    "model": model,
+                    "image_size": list(size),
+                    "batch": batch,
+                    "method": method,
+                    "trainable_params": trainable,
+                    "total_params": total,
+                    "seconds_per_step": round(timed[method], 4),
+                    "vs_full": round(timed[method] / timed["full fine-tune"], 2),
+                }
+            )
+            del step, net
+    return rows
+
+
 def gpu_rows(peak: float, quick: bool) -> list[dict]:
     """vit_b at 1024x1024, batch 8: SAM's attention, SDPA, and SDPA compiled."""
     size, batch = ((256, 256), 2) if quick else ((1024, 1024), 8)
@@ -216,6 +259,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         "dominant_cost": dominant_cost(rows),
         "loss_cost": loss_costs(quick),
         "compile": compile_cost(quick),
+        "adapters": adapter_costs(quick),
     }
 
 

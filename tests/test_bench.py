@@ -11,7 +11,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_KEYS = {
-    "train_step": {"peak_matmul_gflops", "results", "dominant_cost", "loss_cost", "compile"},
+    "train_step": {
+        "peak_matmul_gflops",
+        "results",
+        "dominant_cost",
+        "loss_cost",
+        "compile",
+        "adapters",
+    },
     "overhead": {"wall_seconds", "sum_fit_seconds", "overhead_percent", "breakdown_seconds"},
     "pruning": {"same_16_configurations", "results"},
     "quantize": {"embedded", "isa"},

@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 
 from tuner.core import paths
-from tuner.core.config import TrainConfig
+from tuner.core.config import LORA_TARGETS, TrainConfig
 from tuner.core.errors import UserError
 from tuner.core.paths import check_study_name
-from tuner.core.registry import ENCODERS, HEADS, LOSSES, Registry
+from tuner.core.registry import ADAPTERS, ENCODERS, HEADS, LOSSES, Registry
 
 COUNT = click.IntRange(min=1)
 SIDE = click.IntRange(min=32)  # image sides in pixels
@@ -112,6 +112,10 @@ def config_options(fn):
         click.option("--head", type=RegistryChoice(HEADS)),
         click.option("--loss", type=RegistryChoice(LOSSES)),
         click.option("--freeze-depth", type=click.IntRange(min=0)),
+        click.option("--adapter", type=RegistryChoice(ADAPTERS), help="on the frozen blocks"),
+        click.option("--lora-rank", type=COUNT),
+        click.option("--lora-alpha", type=POSITIVE, help="updates are scaled by alpha / rank"),
+        click.option("--lora-targets", type=click.Choice(LORA_TARGETS)),
         click.option("--lr", type=POSITIVE),
         click.option("--batch-size", type=COUNT),
         click.option("--epochs", type=COUNT),

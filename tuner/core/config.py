@@ -19,6 +19,8 @@ import yaml
 from tuner.core.errors import ConfigError
 from tuner.core.registry import ENCODERS, FIELD_REGISTRIES
 
+# What LoRA may adapt in each block (tuner.core.model.adapters.TARGETS implements them).
+LORA_TARGETS = ("qv", "qkv", "qkv_proj", "all_linear")
 # Metrics that can pick the best checkpoint: all are "higher is better".
 MONITORS = ("val_miou", "val_boundary_f1", "val_pixel_acc")
 
@@ -32,6 +34,10 @@ class TrainConfig:
     head: str = "conv"  # registry.HEADS
     loss: str = "ce"  # registry.LOSSES
     freeze_depth: int = 0  # patch/pos embedding + the first k encoder blocks are frozen
+    adapter: str = "none"  # registry.ADAPTERS: none | lora (on the frozen blocks)
+    lora_rank: int = 4
+    lora_alpha: float = 4.0  # the update is scaled by alpha / rank
+    lora_targets: str = "qv"  # qv (SAMed) | qkv | qkv_proj | all_linear
     sam_checkpoint: str | None = None  # official sam_vit_*.pth to start from
 
     # How it is optimised.
@@ -138,6 +144,13 @@ class TrainConfig:
             fail("freeze_depth", f"an integer from 0 to {depth} (the depth of {self.model})")
         if not self.lr > 0:
             fail("lr", "a positive number")
+        if self.adapter != "none" and self.freeze_depth < 1:
+            fail("adapter", "none unless freeze_depth >= 1 (adapters sit on the frozen blocks)")
+        width = ENCODERS[self.model].embed_dim
+        if not 1 <= self.lora_rank <= width:
+            fail("lora_rank", f"an integer from 1 to {width} (the width of {self.model})")
+        if not self.lora_alpha > 0:
+            fail("lora_alpha", "a positive number")
         if self.batch_size < 1:
             fail("batch_size", "an integer >= 1")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:
@@ -156,6 +169,7 @@ class TrainConfig:
         if self.monitor not in MONITORS:
             fail("monitor", f"one of {', '.join(MONITORS)}")
         choices = {
+            "lora_targets": LORA_TARGETS,
             "cache": ("auto", "off"),
             "cache_dtype": ("float16", "float32"),
             "compile": ("auto", "on", "off"),

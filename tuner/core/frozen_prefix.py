@@ -48,7 +48,7 @@ def prefix_key(model: Segmenter, config: TrainConfig, data: str, device: torch.d
         "torch": torch.__version__,
         "model": config.model,
         "weights": fingerprint_tensors(model.frozen_state()),
-        "cut": "neck" if model.fully_frozen else model.freeze_depth,
+        "cut": "neck" if model.fully_frozen else model.prefix_depth,
         "crop": list(config.image_size),
         "data": data,
         "precision": precision_name(device),
@@ -114,7 +114,7 @@ class PrefixFeatures:
     def open(cls, cache: FeatureCache, model, config, train_set, val_set, device, log):
         """None when caching does not apply: nothing frozen, cache off, or data not on disk."""
         data = (dataset_fingerprint(train_set), dataset_fingerprint(val_set))
-        if config.cache == "off" or model.freeze_depth == 0 or None in data:
+        if config.cache == "off" or model.prefix_depth == 0 or None in data:
             yield None
             return
         shared = prefix_key(model, config, data[0], device)

@@ -95,6 +95,12 @@ class Registry(MutableMapping, Generic[T]):
 LOSSES: Registry = Registry("loss", "tuner.core.losses")
 HEADS: Registry = Registry("head", "tuner.core.model.heads")
 ENCODERS: Registry = Registry("model", "tuner.core.model.backbone")
+ADAPTERS: Registry = Registry("adapter", "tuner.core.model.adapters")
 
 # The TrainConfig fields whose values are registry names.
-FIELD_REGISTRIES: dict[str, Registry] = {"loss": LOSSES, "head": HEADS, "model": ENCODERS}
+FIELD_REGISTRIES: dict[str, Registry] = {
+    "loss": LOSSES,
+    "head": HEADS,
+    "model": ENCODERS,
+    "adapter": ADAPTERS,
+}

@@ -305,9 +305,12 @@ def fit(
         extras = [f"cache {'on' if trainer.prefix else 'off'}"]
         if trainer.compiled:
             extras.append("compiled")
+        adapter = ""
+        if config.adapter != "none":
+            adapter = f", {config.adapter} rank {config.lora_rank} on {config.lora_targets}"
         log(
             f"{config.model}/{config.head}, loss={config.loss}, "
-            f"freeze_depth={config.freeze_depth}: {trainable:,} of {total:,} parameters "
+            f"freeze_depth={config.freeze_depth}{adapter}: {trainable:,} of {total:,} parameters "
             f"trainable, on {trainer.device} ({', '.join(extras)})"
         )
         compile_seconds = trainer.warm_up() if trainer.compiled else 0.0

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tuner.core.checkpoint import load_segmenter
 from tuner.core.data.cityscapes import CityscapesDataset
 from tuner.core.data.labels import decode_target, train_ids_to_label_ids
 from tuner.core.data.readers import read_image
@@ -17,7 +18,9 @@ from tuner.core.data.transforms import image_tensor, normalize
 from tuner.core.environment import resolve_device
 from tuner.core.errors import UserError
 from tuner.core.inference import evaluate, predict_logits
+from tuner.core.model.adapters import merge_adapters
 from tuner.core.visualize import overlay
+from tuner.deploy.quantize import load_quantized
 
 
 @dataclass
@@ -38,15 +41,11 @@ def load_predictor(
     if (checkpoint is None) == (model_dir is None):
         raise UserError("give either --checkpoint (FP32) or --model (a quantized model folder)")
     if model_dir is not None:
-        from tuner.deploy.quantize import load_quantized
-
         model, config = load_quantized(model_dir)
         return Predictor(model, config.image_size, torch.device("cpu"))
-    from tuner.core.checkpoint import load_segmenter
-
     dev = resolve_device(device)
     model, ckpt = load_segmenter(checkpoint, dev)
-    return Predictor(model, ckpt.config.image_size, dev)
+    return Predictor(merge_adapters(model), ckpt.config.image_size, dev)
 
 
 def predict_files(predictor: Predictor, images: list[Path], out_dir: Path) -> Iterator[Path]:
@@ -80,8 +79,6 @@ def label_id_writer(dataset: CityscapesDataset, out_dir: Path):
 def evaluate_checkpoint(
     checkpoint: Path, data_root: Path, split: str, out_dir: Path | None, device: str = "auto"
 ) -> dict:
-    from tuner.core.checkpoint import load_segmenter
-
     dev = resolve_device(device)
     model, ckpt = load_segmenter(checkpoint, dev)
     dataset = CityscapesDataset(data_root, split)

@@ -44,11 +44,12 @@ def optuna_figures(study: optuna.Study) -> list[Section]:
         )
     }
     if len(varied) >= 2:
+        complete = with_absent_params(study)
         makers["importances"] = lambda: vis.plot_param_importances(
-            study, target_name=metric_label(names[0]), **target
+            complete, target_name=metric_label(names[0]), **target
         )
         makers["parallel"] = lambda: vis.plot_parallel_coordinate(
-            study, target_name=metric_label(names[0]), **target
+            complete, target_name=metric_label(names[0]), **target
         )
     if multi:
         labels = [metric_label(n) for n in names]
@@ -60,6 +61,36 @@ def optuna_figures(study: optuna.Study) -> list[Section]:
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             sections.append(Section(key, SECTIONS[key], note=f"not available yet: {exc}"))
     return sections
+
+
+ABSENT = "n/a"
+
+
+def with_absent_params(study: optuna.Study) -> optuna.Study:
+    """The study's finished trials in memory, with each conditional categorical param that a
+    trial did not have (lora_rank where adapter is none) set to "n/a". Optuna's parallel
+    coordinates skip a trial that lacks any param and its importances use only the params every
+    trial has, so without this a conditional space loses either its baseline trials or the
+    dimensions that make it conditional."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    names = {p for t in trials for p in t.params}
+    if all(set(t.params) == names for t in trials):
+        return study
+    choices: dict[str, list] = {}
+    for trial in trials:
+        for name, dist in trial.distributions.items():
+            if isinstance(dist, optuna.distributions.CategoricalDistribution):
+                choices.setdefault(name, [*dist.choices, ABSENT])
+    filled = optuna.create_study(directions=study.directions)
+    for trial in trials:
+        params, dists = dict(trial.params), dict(trial.distributions)
+        for name in choices:
+            params.setdefault(name, ABSENT)
+            dists[name] = optuna.distributions.CategoricalDistribution(choices[name])
+        filled.add_trial(
+            optuna.trial.create_trial(params=params, distributions=dists, values=trial.values)
+        )
+    return filled
 
 
 def learning_curves(study: optuna.Study) -> Section | None:

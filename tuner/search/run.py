@@ -279,8 +279,9 @@ def _reseeded_sampler(space: SearchSpace, study: optuna.Study, index: int, stora
     sampler keeps its seed: it fixes the order of the grid, which all workers must share."""
     cls = SAMPLERS[space.sampler["name"]]
     seed = space.sampler.get("seed", 0)
-    if cls is optuna.samplers.GridSampler or "seed" not in options_of(cls) or seed is None:
-        return make_sampler(space.sampler, space.grid)
+    grid = cls is optuna.samplers.GridSampler
+    if grid or "seed" not in options_of(cls) or seed is None:
+        return make_sampler(space.sampler, space.grid, space.enumerated)
     shared = storage_url is not None and not storage_url.startswith("sqlite")
     seed = sampler_seed(int(seed), len(study.get_trials(deepcopy=False)), index, shared)
     return make_sampler({**space.sampler, "seed": seed}, space.grid)

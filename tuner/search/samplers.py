@@ -60,14 +60,20 @@ def options_of(cls) -> set[str]:
 
 
 def make_sampler(
-    sampler: dict[str, Any], grid: Callable[[], dict[str, list[Any]]]
+    sampler: dict[str, Any],
+    grid: Callable[[], dict[str, list[Any]]],
+    enumerated: bool = False,
 ) -> optuna.samplers.BaseSampler:
     """The sampler a space's `sampler:` section describes; seeded (0) by default when the class
-    takes a seed, so a study is reproducible unless the file says `seed: null`."""
+    takes a seed, so a study is reproducible unless the file says `seed: null`. An
+    `enumerated` grid (conditional params) has its points enqueued, so any sampler serves; a
+    random one is used."""
     cls = SAMPLERS[sampler["name"]]
     options = {k: v for k, v in sampler.items() if k != "name"}
     if "seed" in options_of(cls):
         options.setdefault("seed", 0)
+    if enumerated:
+        return optuna.samplers.RandomSampler(seed=options.get("seed"))
     if cls is optuna.samplers.GridSampler:
         return cls(grid(), **options)
     return cls(**options)

@@ -7,9 +7,9 @@ field names of `TrainConfig`, so anything a run can be told, a study can vary.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import itertools
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ TOP_LEVEL_KEYS = {
     "fault_tolerance",
     "synthetic",
     "confirm",
+    "exclude",
 }
 
 
@@ -70,6 +71,12 @@ class Param:
     # For list-valued fields (image_size): the values behind the choices, which Optuna stores
     # as labels ("256x512") because its categorical choices must be scalars.
     values: tuple[Any, ...] = ()
+    # Suggested only when the params before it have these values (LoRA's rank only with
+    # adapter: lora); otherwise the field keeps its fixed or default value.
+    when: tuple[tuple[str, Any], ...] = ()
+
+    def applies(self, chosen: dict[str, Any]) -> bool:
+        return all(chosen.get(name) == value for name, value in self.when)
 
     def decode(self, choice: Any) -> Any:
         return self.values[self.choices.index(choice)] if self.values else choice
@@ -132,6 +139,7 @@ class SearchSpace:
     synthetic: SynthSpec = field(default_factory=SynthSpec)
     description: str = ""
     confirm: Confirm | None = None
+    exclude: tuple[tuple[tuple[str, Any], ...], ...] = ()  # combinations a grid skips
 
     @property
     def directions(self) -> list[str]:
@@ -159,24 +167,57 @@ class SearchSpace:
         return {p.name: p.grid_values(self.source) for p in self.params}
 
     @property
+    def enumerated(self) -> bool:
+        """A grid with conditional params or exclusions: Optuna's GridSampler needs one fixed
+        product, so its points are enqueued instead (`points`), one trial each."""
+        return self.sampler["name"] == "grid" and (
+            bool(self.exclude) or any(p.when for p in self.params)
+        )
+
+    def points(self) -> list[dict[str, Any]]:
+        """Every grid point, as Optuna params: conditions followed, exclusions left out."""
+        points: list[dict[str, Any]] = [{}]
+        for param in self.params:
+            grown = []
+            for point in points:
+                if not param.applies({k: param_value(self, k, v) for k, v in point.items()}):
+                    grown.append(point)
+                    continue
+                grown += [{**point, param.name: v} for v in param.grid_values(self.source)]
+            points = grown
+        return [p for p in points if not self.excluded(p)]
+
+    def excluded(self, point: dict[str, Any]) -> bool:
+        return any(all(point.get(k) == v for k, v in rule) for rule in self.exclude)
+
+    @property
     def trial_budget(self) -> int | None:
         """Trials the study should hold in all; a grid defaults to its size."""
         if self.trials is not None:
             return self.trials
         if self.sampler["name"] == "grid":
-            return math.prod(len(v) for v in self.grid().values())
+            return len(self.points())
         return None
 
     def sample(self, trial, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        """The trial's TrainConfig: fixed values, then sampled params, then run overrides."""
+        """The trial's TrainConfig: fixed values, then sampled params (each only where its
+        condition holds), then run overrides."""
         values = dict(self.fixed)
         if "monitor" not in values and self.objectives[0].metric in MONITORS:
             # The checkpoint (and so the trial's value) is the best epoch by the objective.
             values["monitor"] = self.objectives[0].metric
+        chosen: dict[str, Any] = {}
         for param in self.params:
-            values[param.name] = param.suggest(trial)
+            if param.applies(chosen):
+                chosen[param.name] = values[param.name] = param.suggest(trial)
         values.update(overrides or {})
         return TrainConfig.from_dict(values, source=f"{self.source} (trial {trial.number})")
+
+
+def param_value(space: SearchSpace, name: str, choice: Any) -> Any:
+    """The field value behind an Optuna param value (an image_size label -> its list)."""
+    param = next(p for p in space.params if p.name == name)
+    return param.decode(choice)
 
 
 def find_space(study: str, space_file: str | Path | None = None) -> Path:
@@ -239,7 +280,14 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
     if not isinstance(raw_params, dict) or not raw_params:
         raise ConfigError(f"{source}: params: expected a non-empty mapping of what varies")
     _no_unknown(raw_params, set(TrainConfig.field_names()), source, "params.")
-    params = tuple(_param(name, spec, source) for name, spec in raw_params.items())
+    params = []
+    for name, spec in raw_params.items():
+        param = _param(name, spec, source)
+        when = spec.get("when") if isinstance(spec, dict) else None
+        if when is not None:
+            param = dataclasses.replace(param, when=_conditions(when, params, source, name))
+        params.append(param)
+    params = tuple(params)
     for param in params:
         if param.name in fixed:
             raise ConfigError(f"{source}: {param.name} is both in fixed and in params")
@@ -258,6 +306,7 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
         synthetic=_dataclass_section(raw, "synthetic", SynthSpec, source),
         description=str(raw.get("description") or ""),
         confirm=_dataclass_section(raw, "confirm", Confirm, source) if "confirm" in raw else None,
+        exclude=_exclusions(raw.get("exclude"), params, sampler, source),
     )
     if space.confirm is not None and space.multi_objective:
         raise ConfigError(
@@ -268,6 +317,36 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
     if sampler["name"] == "grid":
         space.grid()  # raises for params a grid cannot enumerate
     return space
+
+
+def _conditions(when: Any, before: list[Param], source: str, name: str):
+    """`when: {param: value, ...}` over params declared before this one."""
+    where = f"{source}: params.{name}.when"
+    if not isinstance(when, dict) or not when:
+        raise ConfigError(f"{where}: expected a mapping of earlier params to values")
+    known = {p.name: p for p in before}
+    for key, value in when.items():
+        if key not in known:
+            raise ConfigError(f"{where}: {key!r} is not a param declared before {name}")
+        if known[key].kind == "categorical" and value not in known[key].options:
+            raise ConfigError(f"{where}: {key}={value!r} is not one of its choices")
+    return tuple(when.items())
+
+
+def _exclusions(raw: Any, params: tuple[Param, ...], sampler: dict, source: str):
+    """`exclude: [{param: value, ...}, ...]`: grid points not to run (invalid together)."""
+    if raw is None:
+        return ()
+    if sampler["name"] != "grid":
+        raise ConfigError(f"{source}: exclude: only a grid sampler can leave points out")
+    if not isinstance(raw, list) or not all(isinstance(r, dict) and r for r in raw):
+        raise ConfigError(f"{source}: exclude: expected a list of {{param: value}} mappings")
+    names = {p.name for p in params}
+    for rule in raw:
+        for key in rule:
+            if key not in names:
+                raise ConfigError(f"{source}: exclude: {key!r} is not a param of this space")
+    return tuple(tuple(rule.items()) for rule in raw)
 
 
 def _no_unknown(mapping: dict, known: set[str], source: str, prefix: str) -> None:
@@ -332,9 +411,9 @@ def _param(name: str, spec: Any, source: str) -> Param:
         raise ConfigError(f"{where}: expected a mapping with a type")
     kind = spec.get("type")
     allowed = {
-        "categorical": {"type", "choices"},
-        "float": {"type", "low", "high", "log", "step"},
-        "int": {"type", "low", "high", "log", "step"},
+        "categorical": {"type", "choices", "when"},
+        "float": {"type", "low", "high", "log", "step", "when"},
+        "int": {"type", "low", "high", "log", "step", "when"},
     }
     if kind not in allowed:
         raise ConfigError(f"{where}.type={kind!r}: expected categorical, float or int")
@@ -396,7 +475,13 @@ def _check_choices_build(space: SearchSpace) -> None:
     """Every categorical choice (loss, head, model names...) and every range end must give a
     valid TrainConfig with the fixed values, so a typo fails now rather than in trial 17.
     Each value is checked once on its own, then a bounded sample of combinations (some are
-    only invalid together, e.g. freeze_depth with a smaller model)."""
+    only invalid together, e.g. freeze_depth with a smaller model). A conditional grid is
+    checked point by point: its values are only meant to go together as its points say."""
+    if space.enumerated:
+        for point in space.points()[:512]:
+            decoded = {k: param_value(space, k, v) for k, v in point.items()}
+            TrainConfig.from_dict({**space.fixed, **decoded}, source=space.source)
+        return
     options = []
     for p in space.params:
         values = p.options

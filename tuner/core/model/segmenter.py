@@ -13,8 +13,8 @@ from torch import nn
 
 from tuner.core.config import TrainConfig
 from tuner.core.data.labels import NUM_CLASSES
+from tuner.core.model.adapters import adapter_parameters
 from tuner.core.model.backbone import (
-    ENCODERS,
     PATCH_SIZE,
     CheckpointError,
     build_sam,
@@ -25,6 +25,7 @@ from tuner.core.model.backbone import (
     set_token_grid,
 )
 from tuner.core.model.heads import build_head
+from tuner.core.registry import ADAPTERS, ENCODERS
 
 
 class Segmenter(nn.Module):
@@ -48,20 +49,34 @@ class Segmenter(nn.Module):
         self.freeze_depth = depth
         for p in self.encoder.parameters():
             p.requires_grad_(True)
-        for p in self.frozen_state().values():
+        for p in self._prefix_parameters(depth).values():
             p.requires_grad_(False)
 
     @property
+    def prefix_depth(self) -> int:
+        """How many blocks at the start compute a fixed function: frozen, and with nothing
+        trainable inside (an adapter such as LoRA is). The no-grad forward and the
+        frozen-prefix cache stop there."""
+        for index, block in enumerate(self.encoder.blocks[: self.freeze_depth]):
+            if any(p.requires_grad for p in block.parameters()):
+                return index
+        return self.freeze_depth
+
+    @property
     def fully_frozen(self) -> bool:
-        return self.freeze_depth == self.depth
+        """The whole encoder, neck included, is a fixed function: only the head trains."""
+        return self.prefix_depth == self.depth
 
     def frozen_state(self) -> dict[str, torch.Tensor]:
-        """The frozen prefix's parameters by name: everything `frozen_prefix` computes with."""
-        if self.freeze_depth == 0:
+        """The fixed prefix's parameters by name: everything `frozen_prefix` computes with."""
+        return self._prefix_parameters(self.prefix_depth)
+
+    def _prefix_parameters(self, depth: int) -> dict[str, torch.Tensor]:
+        if depth == 0:
             return {}
         modules = {"patch_embed": self.encoder.patch_embed}
-        modules |= {f"blocks.{i}": self.encoder.blocks[i] for i in range(self.freeze_depth)}
-        if self.fully_frozen:
+        modules |= {f"blocks.{i}": self.encoder.blocks[i] for i in range(depth)}
+        if depth == self.depth:
             modules["neck"] = self.encoder.neck
         state = {
             f"{prefix}.{name}": p
@@ -99,28 +114,35 @@ class Segmenter(nn.Module):
         the neck's embedding (B, C', h, w) when the whole encoder is frozen. This is what
         the frozen-prefix cache stores."""
         with torch.no_grad():
-            x = self.blocks(self.tokens(images), 0, self.freeze_depth)
+            x = self.blocks(self.tokens(images), 0, self.prefix_depth)
             return self.neck(x) if self.fully_frozen else x
 
     def forward_from_prefix(self, prefix: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
         if self.fully_frozen:
             return self.head(prefix, out_size)
-        return self.head(self.neck(self.blocks(prefix, self.freeze_depth)), out_size)
+        return self.head(self.neck(self.blocks(prefix, self.prefix_depth)), out_size)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out_size = tuple(images.shape[-2:])
-        if self.training and self.freeze_depth > 0:  # no autograd graph through frozen blocks
+        if self.training and self.prefix_depth > 0:  # no autograd graph through fixed blocks
             return self.forward_from_prefix(self.frozen_prefix(images), out_size)
         # One plain graph for inference, which is also what torch.export sees for INT8.
         return self.head(self.neck(self.blocks(self.tokens(images))), out_size)
 
     # Optimisation ----------------------------------------------------------------------------
     def parameter_groups(self, lr: float, encoder_lr_mult: float, weight_decay: float):
-        """AdamW groups: encoder at lr * mult, head at lr; no decay on norms, biases, tables."""
+        """AdamW groups: encoder at lr * mult, head and adapters at lr (they start from scratch,
+        the pretrained encoder is only nudged); no decay on norms, biases, position tables."""
+        added = {id(p) for p in adapter_parameters(self)}
+        new = [(n, p) for n, p in self.encoder.named_parameters() if id(p) in added]
+        pretrained = [(n, p) for n, p in self.encoder.named_parameters() if id(p) not in added]
         groups = []
-        for part, part_lr in ((self.encoder, lr * encoder_lr_mult), (self.head, lr)):
+        for named, part_lr in (
+            (pretrained, lr * encoder_lr_mult),
+            ([*new, *self.head.named_parameters()], lr),
+        ):
             decay, no_decay = [], []
-            for name, p in part.named_parameters():
+            for name, p in named:
                 if not p.requires_grad:
                     continue
                 flat = p.ndim <= 1 or name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w"))
@@ -166,4 +188,6 @@ def build_segmenter(
     height, width = config.image_size
     set_token_grid(sam.image_encoder, (height // PATCH_SIZE, width // PATCH_SIZE))
     head = build_head(config.head, sam, NUM_CLASSES)
-    return Segmenter(sam.image_encoder, head, config.freeze_depth)
+    segmenter = Segmenter(sam.image_encoder, head, config.freeze_depth)
+    ADAPTERS.get_or_fail(config.adapter, "adapter")(segmenter, config)
+    return segmenter

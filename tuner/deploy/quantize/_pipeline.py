@@ -15,6 +15,7 @@ from tuner.core.data.transforms import image_tensor, normalize
 from tuner.core.environment import cpu_info, isa_summary
 from tuner.core.errors import UserError
 from tuner.core.inference import evaluate
+from tuner.core.model.adapters import merge_adapters
 from tuner.deploy.quantize._inc import (
     METHODS,
     _configure_inductor,
@@ -77,7 +78,10 @@ def quantize_checkpoint(
     log(ipex_line)
 
     fp32, ckpt = load_segmenter(checkpoint, "cpu")
-    config, crop = ckpt.config, ckpt.config.image_size
+    # Adapters are folded into their Linears first: the deployed model has no extra layers,
+    # and its config says so.
+    merge_adapters(fp32)
+    config, crop = ckpt.config.replace(adapter="none"), ckpt.config.image_size
     val_set = CityscapesDataset(data_root, "val", limit=options.val_limit)
     windows = calibration_windows(CityscapesDataset(data_root, "train"), crop, options.calib)
     latency_set = [

@@ -127,12 +127,15 @@ def open_study(
     study = optuna.create_study(
         study_name=space.study,
         storage=storage,
-        sampler=make_sampler(space.sampler, space.grid),
+        sampler=make_sampler(space.sampler, space.grid, space.enumerated),
         pruner=make_pruner(space.pruner),
         directions=space.directions,
         load_if_exists=True,
     )
     text = Path(space.source).read_text() if Path(space.source).is_file() else space.source
+    if space.enumerated:  # a conditional grid: its points, queued once
+        for point in space.points():
+            study.enqueue_trial(point, skip_if_exists=True)
     if existing is None:
         study.set_user_attr(attrs.SEARCH_SPACE, text)
         study.set_metric_names(space.metric_names)
