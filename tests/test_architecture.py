@@ -131,6 +131,7 @@ def test_the_arrow_test_catches_an_upward_import(tmp_path, monkeypatch):
         "tuner.core.registry",
         "tuner.core.losses",
         "tuner.core.model.heads",
+        "tuner.core.model.adapters",
         "tuner.search.samplers",
         "tuner.deploy.quantize._inc",
     ],

@@ -19,6 +19,7 @@ from wsgi_client import call_wsgi
 
 from tuner.cli import main
 from tuner.core.checkpoint import load_segmenter
+from tuner.search.objective import TrialReporter
 from tuner.search.run import RunOptions, run
 from tuner.search.space import load_space
 from tuner.search.study import fetch_checkpoint, load_existing_study, open_storage, open_study
@@ -163,6 +164,28 @@ def test_bad_learning_rate_is_pruned(tuner_home, tmp_path):
     assert bad.params["lr"] == 0.9
     assert bad.state == TrialState.PRUNED
     assert len(bad.intermediate_values) < 3  # stopped before its last epoch
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial) -> bool:
+        return True
+
+
+def test_a_trial_is_never_pruned_after_its_last_epoch(tmp_path):
+    # A pruner that says "prune" at every step stops a trial early, but not after its last
+    # epoch: that trial finished, so it is complete and its log must not call it pruned.
+    space = load_space(
+        space_file(tmp_path, "last", {"lr": {"type": "float", "low": 1e-4, "high": 1e-2}})
+    )
+    study = optuna.create_study(pruner=AlwaysPrune())
+    said: list[str] = []
+    reporter = TrialReporter(study.ask(), space, epochs=3, log=said.append)
+    metrics = {"train_loss": 1.0, "val_miou": 0.3, "val_boundary_f1": 0.1}
+    assert reporter.on_epoch_end(0, {**metrics, "epoch": 0}) is True
+    assert said == ["pruned after epoch 1"]
+    said.clear()
+    assert reporter.on_epoch_end(2, {**metrics, "epoch": 2}) is False
+    assert said == []
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(tuner_home, tmp_path):

@@ -248,7 +248,7 @@ class Trainer:
             self.epoch_batches(epoch),
             total=self.steps_per_epoch,
             desc=f"epoch {epoch + 1}/{self.config.epochs}",
-            disable=not progress,
+            disable=None if progress else True,  # None: no bar when stderr is not a terminal
             leave=False,
         )
         for batch in bar:

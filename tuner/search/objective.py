@@ -37,8 +37,8 @@ PER_IMAGE_FILE = "per_image.npz"
 class TrialReporter:
     """The TrainCallback of a trial: reports the objective each epoch and asks to prune."""
 
-    def __init__(self, trial: optuna.Trial, space: SearchSpace, log) -> None:
-        self.trial, self.space, self.log = trial, space, log
+    def __init__(self, trial: optuna.Trial, space: SearchSpace, epochs: int, log) -> None:
+        self.trial, self.space, self.epochs, self.log = trial, space, epochs, log
         self.history: list[dict[str, float]] = []
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> bool:
@@ -54,7 +54,8 @@ class TrialReporter:
         # Steps are 1-based epochs, so a pruner's n_warmup_steps / min_resource / max_resource
         # count epochs as the space file writes them.
         self.trial.report(value, step=epoch + 1)
-        if self.trial.should_prune():
+        # After the last epoch there is nothing left to save: the trial is complete.
+        if epoch + 1 < self.epochs and self.trial.should_prune():
             self.log(f"pruned after epoch {epoch + 1}")
             return True
         return False
@@ -99,7 +100,9 @@ class TrialRunner:
                 CityscapesDataset(self.data_root, "train", limit=config.train_limit),
                 CityscapesDataset(self.data_root, "val", limit=config.val_limit),
                 out_dir=work,
-                callback=TrialReporter(trial, self.space, lambda m: self.log(trial.number, m)),
+                callback=TrialReporter(
+                    trial, self.space, config.epochs, lambda m: self.log(trial.number, m)
+                ),
                 progress=self.progress,
                 log=lambda m: self.log(trial.number, m),
                 cache=self.cache,

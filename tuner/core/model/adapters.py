@@ -16,9 +16,24 @@ of it), `qkv_proj` (plus the attention's output projection), `all_linear` (plus 
 
 Written by hand (about 60 lines) rather than with HF `peft`: peft installs 19 packages
 (transformers, accelerate, huggingface_hub, tokenizers...) for a wrapper this size, and its
-targets are whole modules, not slices of one like SAM's fused `qkv`. Adding another method is
-one function plus `@ADAPTERS.register("name")`: it receives the segmenter and the config and
-adds its modules in place.
+targets are whole modules, not slices of one like SAM's fused `qkv`.
+
+Adding another method is one function plus a decorator: it receives the segmenter and the
+config and changes what trains, in place. BitFit, for example (only the frozen blocks' biases
+learn)::
+
+    >>> from tuner.core.config import TrainConfig
+    >>> from tuner.core.model import build_segmenter
+    >>> from tuner.core.registry import ADAPTERS
+    >>> @ADAPTERS.register("bitfit")
+    ... def bitfit(model, config):
+    ...     for block in model.encoder.blocks[: config.freeze_depth]:
+    ...         for name, p in block.named_parameters():
+    ...             p.requires_grad_(name.endswith("bias"))
+    >>> model = build_segmenter(TrainConfig(adapter="bitfit", freeze_depth=6, image_size=(64, 64)))
+    >>> model.prefix_depth  # the adapted blocks train, so nothing is cached
+    0
+    >>> del ADAPTERS["bitfit"]
 """
 
 from __future__ import annotations
