@@ -244,6 +244,13 @@ def test_auto_keeps_the_fastest_passing_candidate_no_larger_than_fp32():
     assert chosen is small_slow and "by size" in reason  # none faster: the smallest
     chosen, reason = choose(fp32, [faster_failing], 1.0)
     assert not chosen.passed and "no INT8 method stays within" in reason
+    # Within 10 % of the fastest is the same speed (noise): the smaller file is shipped.
+    nearly_as_fast_small = row("int8 f", 0.40, 7.5, 29)
+    chosen, reason = choose(fp32, [fast, nearly_as_fast_small, row("int8 g", 0.4, 6.9, 43)], 1.0)
+    assert chosen is nearly_as_fast_small and "smallest of the fastest" in reason
+    assert "int8 g" in reason  # names the faster one it passed over
+    clearly_slower_small = row("int8 h", 0.40, 8.0, 20)  # 14 % slower than int8 b: not a tie
+    assert choose(fp32, [fast, clearly_slower_small], 1.0)[0] is fast
 
 
 def test_missing_study_trial_and_artifact_are_named(study_home):

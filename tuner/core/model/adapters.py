@@ -11,8 +11,9 @@ gives SAMed's setting (every block adapted, the encoder otherwise frozen). LoRA 
 freeze_depth >= 1. The adapted blocks are no longer a fixed computation, so the frozen-prefix
 cache starts after the last of them (`Segmenter.prefix_depth`).
 
-Targets, per block: `qv` (SAMed: the q and v slices of SAM's single `qkv` Linear), `qkv` (all
-of it), `qkv_proj` (plus the attention's output projection), `all_linear` (plus the MLP).
+Targets, per block: `qv` (SAMed: the q and v slices of SAM's single `qkv` Linear), `qkv` (one
+rank-r update of all of it: as many parameters as `qv`, shared by q, k and v), `qkv_proj` (plus
+the attention's output projection), `all_linear` (plus the MLP).
 
 Written by hand (about 60 lines) rather than with HF `peft`: peft installs 19 packages
 (transformers, accelerate, huggingface_hub, tokenizers...) for a wrapper this size, and its
