@@ -193,3 +193,31 @@ def test_best_checkpoint_waits_inside_its_interval(tiny_config, tmp_path, monkey
     assert writes == [0]  # the first at once; the next two inside the interval
     assert saver.flush() == tmp_path / "best.pt" and writes == [0, 2]
     assert load_checkpoint(tmp_path / "best.pt").epoch == 2
+
+
+def test_latency_is_measured_once_per_architecture_crop_and_device(monkeypatch):
+    # A trial's latency depends on the architecture, not the weights: later trials of the
+    # same architecture reuse the first measurement; another shape or crop measures again.
+    from tuner.core import inference
+
+    monkeypatch.setattr(inference, "_MEASURED_MS", {})
+    passes = []
+
+    def model(width: int) -> torch.nn.Module:
+        net = torch.nn.Conv2d(3, width, 3)
+        net.register_forward_hook(lambda *_: passes.append(1))
+        return net
+
+    cpu = torch.device("cpu")
+    first = inference.architecture_latency_ms(model(4), (32, 32), cpu)
+    assert first > 0 and len(passes) >= 13  # warm-up and timed passes
+    passes.clear()
+    reweighted = model(4)
+    torch.nn.init.normal_(reweighted.weight)
+    assert inference.architecture_latency_ms(reweighted, (32, 32), cpu) == first
+    assert passes == []
+    inference.architecture_latency_ms(model(8), (32, 32), cpu)
+    assert passes
+    passes.clear()
+    inference.architecture_latency_ms(model(4), (64, 64), cpu)
+    assert passes

@@ -7,6 +7,7 @@ a `TrainCallback`, whose `on_epoch_end` may ask to stop early.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import random
 import time
@@ -27,10 +28,11 @@ from tuner.core.data.transforms import Augment, AugmentedSet
 from tuner.core.environment import autocast, configure_threads, resolve_device
 from tuner.core.errors import ConfigError, UserError
 from tuner.core.frozen_prefix import PrefixFeatures
-from tuner.core.inference import evaluate, latency_ms, set_mode
+from tuner.core.inference import architecture_latency_ms, evaluate, set_mode
 from tuner.core.losses import get_loss
 from tuner.core.metrics import SegmentationMetrics
 from tuner.core.model import Segmenter, build_segmenter
+from tuner.core.model.adapters import merge_adapters
 from tuner.core.stats import PerImage
 
 
@@ -341,7 +343,9 @@ def fit(
         finally:  # however training ends, the best epoch so far is on disk
             checkpoint = saver.flush()
         cache_stats = trainer.prefix.stats() if trainer.prefix else {}
-        latency = latency_ms(model, config.image_size, trainer.device)
+        # As deployed: adapters merged (predict and quantize merge them too).
+        deployed = merge_adapters(copy.deepcopy(model)) if config.adapter != "none" else model
+        latency = architecture_latency_ms(deployed, config.image_size, trainer.device)
     return FitSummary(
         best_metrics=best,
         final_metrics=metrics,

@@ -81,7 +81,12 @@ def with_absent_params(study: optuna.Study) -> optuna.Study:
         for name, dist in trial.distributions.items():
             if isinstance(dist, optuna.distributions.CategoricalDistribution):
                 choices.setdefault(name, [*dist.choices, ABSENT])
-    filled = optuna.create_study(directions=study.directions)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        filled = optuna.create_study(directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     for trial in trials:
         params, dists = dict(trial.params), dict(trial.distributions)
         for name in choices:
