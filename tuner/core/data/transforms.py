@@ -38,7 +38,9 @@ class Augment:
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float on the 0-255 scale."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    # The conversion copies, so a read-only array (a decoded file) is fine and torch never
+    # sees a non-writable buffer.
+    return torch.from_numpy(np.asarray(image, dtype=np.float32, order="C")).permute(2, 0, 1)
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
