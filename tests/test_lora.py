@@ -20,6 +20,7 @@ from tuner.core.errors import ConfigError
 from tuner.core.losses import get_loss
 from tuner.core.model import build_segmenter
 from tuner.core.model.adapters import TARGETS, LoRALinear, adapter_parameters, merge_adapters
+from tuner.core.registry import HEADS, LOSSES
 from tuner.core.train import fit
 from tuner.deploy.quantize import load_quantized
 from tuner.report._figures import ABSENT, optuna_figures, with_absent_params
@@ -84,6 +85,23 @@ def test_training_changes_only_adapter_and_trainable_parameters(freeze_depth):
             assert param.requires_grad and changed, name
     counted, total = model.parameter_counts()
     assert counted == sum(p.numel() for p in model.parameters() if p.requires_grad) < total
+
+
+@pytest.mark.parametrize("head", sorted(HEADS))
+def test_every_head_and_every_loss_trains_the_adapters(head):
+    # One model per head; every registered loss must give a finite value and gradients that
+    # reach the adapters (B at once, A once B has moved).
+    torch.manual_seed(0)
+    model = build_segmenter(lora_config(head=head)).train()
+    trained_a_little(model)
+    labels, images = torch.randint(0, 19, (2, *SIZE)), torch.randn(2, 3, *SIZE)
+    for loss in sorted(LOSSES):
+        model.zero_grad()
+        value = get_loss(loss)(model(images), labels)
+        value.backward()
+        assert torch.isfinite(value), (head, loss)
+        grads = [p.grad for p in adapter_parameters(model)]
+        assert all(g is not None and g.abs().sum() > 0 for g in grads), (head, loss)
 
 
 def test_qv_updates_only_the_q_and_v_slices_of_qkv():
