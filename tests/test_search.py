@@ -72,6 +72,13 @@ def load(home: Path, name: str) -> optuna.Study:
     return load_existing_study(name, open_storage(storage_url(home)))
 
 
+def as_from_a_terminal() -> None:
+    """SIGINT as a terminal leaves it. A test run started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt: Ctrl-C could not be tested at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tuner_subprocess(*args: str, home: Path, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "TUNER_HOME": str(home), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
@@ -80,6 +87,7 @@ def tuner_subprocess(*args: str, home: Path, **kwargs) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=as_from_a_terminal,
         **kwargs,
     )
 
