@@ -343,9 +343,16 @@ def fit(
         finally:  # however training ends, the best epoch so far is on disk
             checkpoint = saver.flush()
         cache_stats = trainer.prefix.stats() if trainer.prefix else {}
-        # As deployed: adapters merged (predict and quantize merge them too).
-        deployed = merge_adapters(copy.deepcopy(model)) if config.adapter != "none" else model
-        latency = architecture_latency_ms(deployed, config.image_size, trainer.device)
+        # As deployed: adapters merged (predict and quantize merge them too), into a copy made
+        # only when this architecture has not been measured yet.
+        latency = architecture_latency_ms(
+            model,
+            config.image_size,
+            trainer.device,
+            as_deployed=(lambda m: merge_adapters(copy.deepcopy(m)))
+            if config.adapter != "none"
+            else None,
+        )
     return FitSummary(
         best_metrics=best,
         final_metrics=metrics,
