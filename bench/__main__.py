@@ -19,6 +19,7 @@ NAMES = (
     "attention",
     "pretrained",
     "views",
+    "gpu",
 )
 
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
     parser.add_argument(
-        "--device", default="cpu", choices=("cpu", "cuda"), help="for train_step and attention"
+        "--device", default="cpu", choices=("cpu", "cuda"), help="for train_step, attention and gpu"
     )
     args = parser.parse_args(argv)
     module = importlib.import_module(f"bench.{args.name}")

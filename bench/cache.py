@@ -10,20 +10,13 @@ own fit time; the metrics of each trial pair are compared too.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import torch
-import yaml
 
-from bench.common import machine, scratch_home
+from bench.common import machine, scratch_home, tuner_run
 from tuner.core import paths
 from tuner.core.cache import FeatureCache
-from tuner.core.data import synth
-from tuner.core.data.synth import SynthSpec
-from tuner.search.study import load_existing_study, open_storage
 
 
 def settings(quick: bool) -> dict:
@@ -67,18 +60,10 @@ def space(s: dict, cache: str) -> dict:
 
 def run_study(s: dict, cache: str, checkpoint: Path | None) -> list[dict]:
     with scratch_home() as home:
-        path = home / "cache.yaml"
-        path.write_text(yaml.safe_dump(space(s, cache)))
-        synth.embedded(paths.data_dir(), SynthSpec(**s["synthetic"]), progress=False)
-        command = [sys.executable, "-m", "tuner", "run", "--study", "cache", "--space", str(path)]
-        if checkpoint is not None:
-            command += ["--checkpoint", str(checkpoint)]
-        start = time.perf_counter()
-        done = subprocess.run([*command, "--no-report"], capture_output=True, text=True)
+        args = ["--checkpoint", str(checkpoint)] if checkpoint else []
+        done = tuner_run(home, "cache", *args, "--no-report", space=space(s, cache))
         if done.returncode != 0:
-            raise RuntimeError(done.stdout[-2000:] + done.stderr[-2000:])
-        wall = time.perf_counter() - start
-        study = load_existing_study("cache", open_storage(None))
+            raise RuntimeError(done.output)
         usage = FeatureCache.at(paths.cache_dir()).usage()
         trials = [
             {
@@ -89,21 +74,28 @@ def run_study(s: dict, cache: str, checkpoint: Path | None) -> list[dict]:
                 "val_boundary_f1": t.user_attrs["val_boundary_f1"],
                 "cache": t.user_attrs.get("cache", {}),
             }
-            for t in sorted(study.trials, key=lambda t: t.number)
+            for t in done.trials
         ]
-    return [{"wall_seconds": round(wall, 1), "cache_bytes": usage.bytes}, *trials]
+    return [{"wall_seconds": done.wall_seconds, "cache_bytes": usage.bytes}, *trials]
+
+
+def random_checkpoint(model: str, folder: Path) -> Path | None:
+    """An official-format state dict of random weights for a vit_* model (shapes and cost are
+    what the benchmarks need), saved in `folder`; None for the embedded models."""
+    if not model.startswith("vit_"):
+        return None
+    from segment_anything import sam_model_registry
+
+    torch.manual_seed(0)
+    path = folder / f"sam_{model}_random.pth"
+    torch.save(sam_model_registry[model]().state_dict(), path)
+    return path
 
 
 def run(quick: bool = False) -> dict:
     s = settings(quick)
     with scratch_home() as home:
-        checkpoint = None
-        if s["model"] == "vit_b":
-            from segment_anything import sam_model_registry
-
-            torch.manual_seed(0)
-            checkpoint = home / "sam_vit_b_random.pth"
-            torch.save(sam_model_registry["vit_b"]().state_dict(), checkpoint)
+        checkpoint = random_checkpoint(s["model"], home)
         off_head, *off = run_study(s, "off", checkpoint)
         on_head, *on = run_study(s, "auto", checkpoint)
     later_off = sum(t["fit_seconds"] for t in off[1:])

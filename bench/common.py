@@ -6,12 +6,16 @@ import contextlib
 import datetime
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from tuner.core.environment import cpu_info, package_versions
 
@@ -74,3 +78,40 @@ def peak_matmul_gflops(
         seconds = median_seconds(product, repeats if not cuda else 10, warmup=1)
         best = max(best, 2 * size**3 / seconds / 1e9)
     return best
+
+
+@dataclass
+class TunerRun:
+    """What one `tuner run` did: its wall time, exit status, output and the study's trials."""
+
+    wall_seconds: float
+    returncode: int
+    output: str
+    trials: list  # optuna FrozenTrial, by number
+
+
+def tuner_run(home: Path, study: str, *args: str, space: dict | None = None) -> TunerRun:
+    """`tuner run --study STUDY ARGS` in a subprocess, in the scratch TUNER_HOME `home` (see
+    scratch_home). A `space` is written there and passed with --space, and its synthetic set
+    is generated first, so data generation is not in the wall time."""
+    from tuner.core import paths
+    from tuner.core.data import synth
+    from tuner.core.data.synth import SynthSpec
+    from tuner.core.errors import StudyError
+    from tuner.search.study import load_existing_study, open_storage
+
+    command = [sys.executable, "-m", "tuner", "run", "--study", study, *args]
+    if space is not None:
+        path = home / f"{study}.yaml"
+        path.write_text(yaml.safe_dump(space))
+        synth.embedded(paths.data_dir(), SynthSpec(**space["synthetic"]), progress=False)
+        command += ["--space", str(path)]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    try:
+        trials = load_existing_study(study, open_storage(None)).trials
+    except StudyError:  # the run stopped before it created the study; its output says why
+        trials = []
+    output = done.stdout[-2000:] + done.stderr[-2000:]
+    return TunerRun(round(wall, 1), done.returncode, output, sorted(trials, key=lambda t: t.number))

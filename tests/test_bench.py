@@ -47,3 +47,27 @@ def test_benchmark_prints_json(name, tmp_path):
     assert printed["benchmark"] == name and printed["quick"] is True
     assert EXPECTED_KEYS[name] <= printed.keys()
     assert printed["machine"]["cpu"]["isa"]
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_on_the_cpu_in_quick_mode_only():
+    def bench_gpu(*flags: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "bench", "gpu", "--device", "cpu", *flags]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    refused = bench_gpu()
+    assert refused.returncode != 0 and "CUDA machine" in refused.stderr
+    completed = bench_gpu("--quick")
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    printed = json.loads(completed.stdout[completed.stdout.index("{") :])
+    step = printed["train_step"]
+    assert step["compile_off"]["images_per_second"] > 0 and "skipped" in step["compile_on"]
+    assert step["meets_targets"] is None  # the targets are an H200's
+    studies = [printed[k] for k in ("cached_frozen_trials", "lora_trial", "smoke_study")]
+    assert all(s["exit_status"] == 0 and s["wall_seconds"] > 0 for s in studies)
+    first, second = printed["cached_frozen_trials"]["trials"]
+    assert first["fit_seconds"] > 0 and second["fit_seconds"] > 0
+    assert first["cache"]["train_hits"] == 0 and second["cache"]["train_hits"] > 0
+    (lora,) = printed["lora_trial"]["trials"]
+    assert lora["fit_seconds"] > 0 and lora["trainable_params"] > 0 and lora["latency_ms"] > 0
+    assert printed["smoke_study"]["complete_trials"] >= 1

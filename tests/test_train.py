@@ -185,7 +185,7 @@ def test_best_checkpoint_waits_inside_its_interval(tiny_config, tmp_path, monkey
 
     writes = []
     real = module.save_checkpoint
-    monkeypatch.setattr(module, "save_checkpoint", lambda *a: writes.append(a[-1]) or real(*a))
+    monkeypatch.setattr(module, "save_checkpoint", lambda *a: writes.append(a[4]) or real(*a))
     saver = module.BestCheckpoint(tmp_path, interval=3600)
     model = build_segmenter(tiny_config)
     for epoch in range(3):

@@ -10,8 +10,8 @@ from tuner.cli._data import data
 from tuner.cli._deploy import quantize
 from tuner.cli._options import TunerGroup
 from tuner.cli._report import dashboard, report
-from tuner.cli._search import best, cache, run, studies
-from tuner.cli._train import evaluate, predict, train
+from tuner.cli._search import best, cache, plan, run, studies
+from tuner.cli._train import evaluate, export, predict, train
 
 
 @click.group(cls=TunerGroup)
@@ -21,7 +21,20 @@ def main() -> None:
     quantize the winner with Intel Neural Compressor."""
 
 
-for command in (data, train, predict, evaluate, run, studies, best, cache, quantize, report):
+for command in (
+    data,
+    train,
+    predict,
+    evaluate,
+    export,
+    plan,
+    run,
+    studies,
+    best,
+    cache,
+    quantize,
+    report,
+):
     main.add_command(command)
 main.add_command(dashboard)
 

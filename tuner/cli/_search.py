@@ -88,6 +88,83 @@ def print_leaderboard(study_name, storage_url, study=None) -> None:
         click.echo(f"verdict: {verdict.text}")
 
 
+def _pair(ctx, param, value):
+    """'2975,500' -> (2975, 500); '1024x2048' -> (1024, 2048)."""
+    if value is None:
+        return None
+    parts = value.replace("x", ",").split(",")
+    try:
+        pair = tuple(int(p) for p in parts)
+    except ValueError:
+        pair = ()
+    if len(pair) != 2 or min(pair) < 1:
+        raise click.BadParameter(f"{value!r}: expected two positive integers, e.g. {param.metavar}")
+    return pair
+
+
+def _settings(ctx, param, values):
+    import yaml
+
+    out = {}
+    for item in values:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE, e.g. image_size=[1024,1024]")
+        out[key.strip()] = yaml.safe_load(text)
+    return out
+
+
+@click.command()
+@study_option(help_text="study name; its space is search_spaces/NAME.yaml")
+@click.option("--space", "space_file", type=click.Path(path_type=Path), help="search space YAML")
+@data_option("Cityscapes root (default: the embedded synthetic set)")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="official SAM .pth")
+@FROM_SCRATCH
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="default: auto")
+@click.option("--threads", type=COUNT, help="CPU threads per worker")
+@click.option("--jobs", default=1, show_default=True, type=COUNT, help="workers to divide by")
+@click.option("--trials", type=COUNT, help="plan N trials (default: the space's budget)")
+@CACHE_LIMIT
+@click.option(
+    "--assume-images",
+    "assume",
+    metavar="TRAIN,VAL",
+    callback=_pair,
+    help="plan for data that is not here: this many train and val images",
+)
+@click.option(
+    "--assume-size",
+    metavar="HxW",
+    default="1024x2048",
+    show_default=True,
+    callback=_pair,
+    help="their size, with --assume-images",
+)
+@click.option(
+    "--set",
+    "settings",
+    multiple=True,
+    callback=_settings,
+    metavar="KEY=VALUE",
+    help="override a TrainConfig field in every trial (e.g. model=vit_b, image_size=[1024,1024])",
+)
+def plan(study, space_file, data_root, checkpoint, assume, assume_size, settings, **options):
+    """What a study will cost before it runs: time (or GPU-hours), feature-cache bytes and hit
+    rate, checkpoint bytes and peak memory, from a few timed steps of the real model here."""
+    from tuner.search.run import RunOptions, project
+
+    run_options = RunOptions(
+        study=study,
+        space_file=str(space_file) if space_file else None,
+        data_root=str(data_root) if data_root else None,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        **options,
+    )
+    result = project(run_options, assume, assume_size, settings, log=click.echo)
+    for line in result.lines():
+        click.echo(line)
+
+
 @click.command()
 @STORAGE
 def studies(storage) -> None:

@@ -96,3 +96,19 @@ def evaluate(checkpoint, data_root, split, out_dir, device) -> None:
         click.echo(
             f"label-id predictions in {out_dir} (csEvalPixelLevelSemanticLabeling reads them)"
         )
+
+
+@click.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
+@out_option("standalone checkpoint file to write (e.g. model.pt)", required=True, folder=False)
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    help="the base weights file, where a delta checkpoint's recorded path has moved",
+)
+def export(checkpoint, out_file, base) -> None:
+    """Write a standalone checkpoint (every tensor) from a trial's delta checkpoint."""
+    from tuner.core.checkpoint import export_checkpoint
+
+    written = export_checkpoint(checkpoint, out_file, base=base)
+    click.echo(f"{written} ({written.stat().st_size / 2**20:.1f} MiB, standalone)")

@@ -23,6 +23,8 @@ from tuner.core.registry import ENCODERS, FIELD_REGISTRIES
 LORA_TARGETS = ("qv", "qkv", "qkv_proj", "all_linear")
 # Metrics that can pick the best checkpoint: all are "higher is better".
 MONITORS = ("val_miou", "val_boundary_f1", "val_pixel_acc")
+# How the frozen-prefix cache stores features (int8: per-token absmax, tuner.core.cache).
+CACHE_DTYPES = ("float16", "float32", "int8")
 
 
 @dataclass
@@ -67,12 +69,14 @@ class TrainConfig:
 
     # Cost: what is computed once, and how.
     cache: str = "auto"  # auto: cache frozen-prefix features when freeze_depth >= 1 | off
-    cache_dtype: str = "float16"  # float16 | float32: how cached features are stored
+    cache_dtype: str = "float16"  # float16 | float32 | int8: how cached features are stored
     compile: str = "auto"  # auto (on for CUDA) | on | off: torch.compile the trained part
 
     # Reproducibility and placement.
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "float32"  # parameter dtype: float32 | float64 (numerics checks; on CUDA
+    # training still runs under bf16 autocast)
     threads: int | None = None  # CPU threads; None: all cores given to this process
 
     def __post_init__(self) -> None:
@@ -171,8 +175,9 @@ class TrainConfig:
         choices = {
             "lora_targets": LORA_TARGETS,
             "cache": ("auto", "off"),
-            "cache_dtype": ("float16", "float32"),
+            "cache_dtype": CACHE_DTYPES,
             "compile": ("auto", "on", "off"),
+            "dtype": ("float32", "float64"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

@@ -10,6 +10,10 @@ from importlib import metadata
 import torch
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
+# A run's parameter dtype (TrainConfig.dtype). float64 is also the tests' stand-in for a second
+# device: code that builds a tensor or module with the default dtype breaks there as it would
+# break on CUDA with the default device.
+PARAMETER_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -29,9 +33,31 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def precision_name(device: torch.device) -> str:
+def precision_name(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """What `autocast` computes in on this device, for cache keys and records."""
-    return f"{device.type}-{'bf16' if device.type == 'cuda' else 'fp32'}"
+    if device.type == "cuda":
+        return "cuda-bf16"
+    return f"{device.type}-{'fp64' if dtype == torch.float64 else 'fp32'}"
+
+
+def placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    """(device, floating dtype) of a module's parameters: where a tensor made for it belongs.
+
+    The project's rule: a new tensor or module takes its device and dtype from its source,
+    never from torch's defaults (CPU, float32), which are wrong on CUDA and in float64 runs.
+
+        >>> placement(torch.nn.Linear(2, 2).double())
+        (device(type='cpu'), torch.float64)
+    """
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def loss_precision(logits: torch.Tensor) -> torch.Tensor:
+    """Logits for a loss or an average: bf16/fp16 ones upcast to float32, float64 kept."""
+    return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
 
 
 def configure_threads(threads: int | None) -> int:

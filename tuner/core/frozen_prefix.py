@@ -10,8 +10,9 @@ the model, k, the crop, the augmentation, the seed, the image files (path, size,
 device's precision, the storage dtype, torch's version and this module's format number.
 
 Features pass through the storage dtype even on a miss, so a trial's result does not depend on
-whether its features were computed or read. float16 halves the size; bench/README.md measures
-what it changes.
+whether its features were computed or read. float16 halves the size, int8 (per-token scales)
+halves it again; bench/README.md measures what each changes. Which views and which dtype a
+study stores, when its features would not fit the cache's limit, is `tuner.core.plan`'s choice.
 """
 
 from __future__ import annotations
@@ -24,15 +25,14 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from tuner.core.cache import FeatureCache, FeatureSet, fingerprint_tensors
+from tuner.core.cache import Codec, FeatureCache, FeatureSet, fingerprint_tensors
 from tuner.core.config import TrainConfig
 from tuner.core.data.transforms import Augment, AugmentedSet, view_image, view_label
-from tuner.core.environment import autocast, precision_name
+from tuner.core.environment import autocast, placement, precision_name
 from tuner.core.inference import OVERLAP
 from tuner.core.model import Segmenter
 
 FORMAT = 1  # bump whenever the prefix computation itself changes
-DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
 def dataset_fingerprint(dataset) -> str | None:
@@ -51,7 +51,7 @@ def prefix_key(model: Segmenter, config: TrainConfig, data: str, device: torch.d
         "cut": "neck" if model.fully_frozen else model.prefix_depth,
         "crop": list(config.image_size),
         "data": data,
-        "precision": precision_name(device),
+        "precision": precision_name(device, placement(model)[1]),
         "dtype": config.cache_dtype,
     }
 
@@ -106,7 +106,8 @@ class PrefixFeatures:
     ) -> None:
         self.model, self.config, self.device = model, config, device
         self.train, self.val, self.log = train, val, log
-        self.dtype = DTYPES[config.cache_dtype]
+        self.codec = Codec.of(config.cache_dtype)
+        self.placement = placement(model)  # where and in what dtype features are consumed
         self.train_hits = self.train_misses = 0
 
     @classmethod
@@ -121,7 +122,7 @@ class PrefixFeatures:
         aug = asdict(Augment.of(config))
         train_key = {**shared, "split": "train", "augment": aug, "seed": config.seed}
         val_key = {**shared, "data": data[1], "split": "val", "overlap": OVERLAP}
-        dtype = DTYPES[config.cache_dtype]
+        dtype = config.cache_dtype
         with cache.open(train_key, dtype) as train, cache.open(val_key, dtype) as val:
             yield cls(model, config, device, train, val, log)
 
@@ -129,10 +130,10 @@ class PrefixFeatures:
         return CachedViews(views, self.train)
 
     def compute(self, images: torch.Tensor) -> torch.Tensor:
-        """The frozen prefix of a batch, rounded to the storage dtype (on the CPU)."""
+        """The frozen prefix of a batch as a reader of the cache gets it back (on the CPU)."""
         with autocast(self.device):
-            features = self.model.frozen_prefix(images.to(self.device, non_blocking=True))
-        return features.to("cpu", self.dtype)
+            features = self.model.frozen_prefix(images.to(*self.placement, non_blocking=True))
+        return self.codec.round_trip(features.to("cpu"))
 
     def inputs(self, batch: Batch) -> torch.Tensor:
         """The batch's prefix features on the device: cached ones read, missing ones computed
@@ -146,7 +147,7 @@ class PrefixFeatures:
             for i, tensor in zip(missing, computed):
                 features[i] = tensor
                 self._store(self.train, batch.names[i], tensor)
-        return torch.stack(features).to(self.device, torch.float32, non_blocking=True)
+        return torch.stack(features).to(*self.placement, non_blocking=True)
 
     def window_features(self, index: int, number: int, window: torch.Tensor) -> torch.Tensor:
         """Prefix features of validation image `index`'s window `number`."""
@@ -155,7 +156,7 @@ class PrefixFeatures:
         if features is None:
             features = self.compute(window)[0]
             self._store(self.val, name, features)
-        return features.unsqueeze(0).to(self.device, torch.float32)
+        return features.unsqueeze(0).to(*self.placement)
 
     def _store(self, store: FeatureSet, name: str, tensor: torch.Tensor) -> None:
         was_full = store.full

@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tuner.core.data.transforms import EvalSet
-from tuner.core.environment import autocast
+from tuner.core.environment import autocast, loss_precision, placement
 from tuner.core.metrics import SegmentationMetrics
 
 OVERLAP = 1 / 3  # of neighbouring sliding windows
@@ -67,7 +67,7 @@ def predict_logits(
     for number, (top, left) in enumerate(windows(full_h, full_w, crop, overlap)):
         window = images[:, :, top : top + ch, left : left + cw]
         with autocast(images.device):
-            out = (model(window) if forward is None else forward(window, number)).float()
+            out = loss_precision(model(window) if forward is None else forward(window, number))
         if logits is None:
             logits = out.new_zeros((out.shape[0], out.shape[1], full_h, full_w))
             counts = out.new_zeros((1, 1, full_h, full_w))
@@ -100,9 +100,10 @@ def evaluate(
     if metrics is None:
         metrics = SegmentationMetrics(boundary_tolerance=boundary_tolerance, device=device)
     loader = DataLoader(EvalSet(dataset), batch_size=1, num_workers=num_workers)
+    input_dtype = placement(model)[1]
     try:
         for image, label, index in loader:
-            image, label = image.to(device), label.to(device)
+            image, label = image.to(device, input_dtype), label.to(device)
             hook = None if forward is None else functools.partial(forward, int(index[0]))
             pred = predict_logits(model, image, crop, forward=hook).argmax(1)
             metrics.update(pred, label)
@@ -128,7 +129,7 @@ def latency_ms(
     get 3 warm-up and 10 timed passes; slow ones as many as fit in `budget_s`, at least 3."""
     was_training = model.training
     set_mode(model, training=False)
-    image = torch.zeros(1, 3, *crop, device=device)
+    image = torch.zeros(1, 3, *crop, device=device, dtype=placement(model)[1])
 
     def timed_pass() -> float:
         start = time.perf_counter()

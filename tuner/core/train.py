@@ -25,7 +25,13 @@ from tuner.core.checkpoint import BestCheckpoint
 from tuner.core.config import TrainConfig
 from tuner.core.data.check import require_valid
 from tuner.core.data.transforms import Augment, AugmentedSet
-from tuner.core.environment import autocast, configure_threads, resolve_device
+from tuner.core.environment import (
+    PARAMETER_DTYPES,
+    autocast,
+    configure_threads,
+    loss_precision,
+    resolve_device,
+)
 from tuner.core.errors import ConfigError, UserError
 from tuner.core.frozen_prefix import PrefixFeatures
 from tuner.core.inference import architecture_latency_ms, evaluate, set_mode
@@ -109,7 +115,8 @@ class Trainer:
         self.device = resolve_device(config.device)
         configure_threads(config.threads)
         seed_everything(config.seed)
-        self.model: Segmenter = build_segmenter(config).to(self.device)
+        self.dtype = PARAMETER_DTYPES[config.dtype]
+        self.model: Segmenter = build_segmenter(config).to(self.device, self.dtype)
         self.loss_fn = get_loss(config.loss)
         self.train_view = AugmentedSet(
             train_set, Augment.of(config), seed=config.seed, aug_views=config.aug_views
@@ -187,14 +194,14 @@ class Trainer:
         cleared) and an evaluation forward at the window shape. Returns the seconds taken."""
         tick = time.perf_counter()
         crop = self.config.image_size
-        images = torch.zeros(self.micro_batch, 3, *crop, device=self.device)
+        images = torch.zeros(self.micro_batch, 3, *crop, device=self.device, dtype=self.dtype)
         inputs = images
         if self.prefix is not None:
-            inputs = self.prefix.compute(images).to(self.device, torch.float32)
+            inputs = self.prefix.compute(images).to(self.device, self.dtype)
         labels = torch.zeros(self.micro_batch, *crop, dtype=torch.long, device=self.device)
         with autocast(self.device):
             logits = self.forward(inputs)
-        self.loss_fn(logits.float(), labels).backward()
+        self.loss_fn(loss_precision(logits), labels).backward()
         self.optimizer.zero_grad(set_to_none=True)
         set_mode(self.model, training=False)
         with torch.no_grad(), autocast(self.device):
@@ -221,11 +228,11 @@ class Trainer:
         total = 0.0
         chunks = list(zip(inputs.split(self.micro_batch), labels.split(self.micro_batch)))
         for chunk, label in chunks:
-            chunk = chunk.to(self.device, non_blocking=True)
+            chunk = chunk.to(self.device, self.dtype, non_blocking=True)
             label = label.to(self.device, non_blocking=True)
             with autocast(self.device):
                 logits = self.forward(chunk)
-            loss = self.loss_fn(logits.float(), label)
+            loss = self.loss_fn(loss_precision(logits), label)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"loss is {loss.item()} at epoch {epoch}, step {self.step} "

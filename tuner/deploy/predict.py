@@ -15,7 +15,7 @@ from tuner.core.data.cityscapes import CityscapesDataset
 from tuner.core.data.labels import decode_target, train_ids_to_label_ids
 from tuner.core.data.readers import read_image
 from tuner.core.data.transforms import image_tensor, normalize
-from tuner.core.environment import resolve_device
+from tuner.core.environment import placement, resolve_device
 from tuner.core.errors import UserError
 from tuner.core.inference import evaluate, predict_logits
 from tuner.core.model.adapters import merge_adapters
@@ -31,7 +31,7 @@ class Predictor:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 RGB -> (H, W) uint8 train ids."""
-        batch = normalize(image_tensor(image)).unsqueeze(0).to(self.device)
+        batch = normalize(image_tensor(image)).unsqueeze(0).to(*placement(self.model))
         return predict_logits(self.model, batch, self.crop).argmax(1)[0].byte().cpu().numpy()
 
 

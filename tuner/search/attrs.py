@@ -12,6 +12,10 @@ DATA_ROOT = "data_root"  # the Cityscapes root its trials trained on
 QUANTIZATION = "quantization"  # the FP32-vs-INT8 comparison of `tuner quantize`
 CONFIRMATION_STUDY = "confirmation_study"  # where its seed confirmations run (NAME.confirm)
 CONFIRMS_STUDY = "confirms_study"  # on a confirmation study: the study it confirms
+CACHE_PLAN = "cache_plan"  # what the plan chose to store in the feature cache, and why
+# "checkpoint_dropped:<trial number>": why that trial's weights were removed (keep_checkpoints).
+# One key per trial, so that workers dropping at once never overwrite each other's record.
+CHECKPOINT_DROPPED = "checkpoint_dropped:"
 
 # Trial attributes.
 CONFIG = "config"  # the whole TrainConfig, as a dict

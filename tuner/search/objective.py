@@ -28,6 +28,7 @@ from tuner.core.stats import bootstrap
 from tuner.core.text import short
 from tuner.core.train import fit
 from tuner.search import attrs
+from tuner.search.plan import CachePlan
 from tuner.search.space import SearchSpace
 from tuner.search.study import upload
 
@@ -70,6 +71,7 @@ class TrialRunner:
     artifact_store: Any
     overrides: dict[str, Any] = field(default_factory=dict)
     cache: FeatureCache | None = None  # frozen-prefix features shared with other trials
+    cache_plan: CachePlan | None = None  # which views and dtype the cache stores (tuner plan)
     work_dir: Path | None = None
     progress: bool = True
     prefix: str = ""
@@ -84,6 +86,8 @@ class TrialRunner:
         if attrs.CONFIRMS in trial.user_attrs:  # a seed confirmation: same params, its own seed
             overrides["seed"] = trial.user_attrs[attrs.SEED]
         config = self.space.sample(trial, overrides)
+        if self.cache_plan is not None:
+            config = self.cache_plan.apply(config)
         trial.set_user_attr(attrs.CONFIG, config.to_dict())
         trial.set_user_attr(attrs.WORKER, f"{socket.gethostname()}:{os.getpid()}")
         frozen = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)

@@ -23,19 +23,22 @@ from optuna.trial import TrialState
 
 from tuner.core import paths
 from tuner.core.cache import FeatureCache
-from tuner.core.config import TrainConfig
+from tuner.core.config import TrainConfig, coerce_field
+from tuner.core.cost import DataShape
 from tuner.core.data import synth
-from tuner.core.environment import cpu_count
+from tuner.core.environment import cpu_count, resolve_device
 from tuner.core.errors import UserError
 from tuner.core.model import resolve_model
 from tuner.core.model.backbone import scratch_variant
 from tuner.search import attrs
 from tuner.search.confirm import enqueue_confirmations, open_confirmation_study
 from tuner.search.objective import TrialRunner
+from tuner.search.plan import CachePlan, StudyPlan, plan_study
 from tuner.search.preflight import preflight
 from tuner.search.samplers import SAMPLERS, make_sampler, options_of
 from tuner.search.space import SearchSpace, find_space, load_space
 from tuner.search.study import (
+    KeepBestCheckpoints,
     StopAtBudget,
     counted_trials,
     get_trial,
@@ -77,6 +80,7 @@ class WorkerPlan:
     device: str | None = None
     threads: int | None = None
     model: str | None = None  # the variant of --checkpoint, read from its tensor shapes
+    cache_plan: CachePlan | None = None  # what trials store in the feature cache (tuner plan)
 
 
 def load_run_space(options: RunOptions) -> SearchSpace:
@@ -118,6 +122,47 @@ def plan(options: RunOptions) -> list[WorkerPlan]:
     ]
 
 
+def project(
+    options: RunOptions,
+    assume: tuple[int, int] | None = None,
+    assume_size: tuple[int, int] = (1024, 2048),
+    settings: dict | None = None,
+    log=print,
+) -> StudyPlan:
+    """`tuner plan`: the study's cost on this device, nothing run. `assume` (train, val) stands
+    for data that is not here, as images of `assume_size`; `settings` override every trial's
+    config (TrainConfig fields, checked)."""
+    space = load_run_space(options)
+    overrides = {k: coerce_field(k, v, "--set") for k, v in (settings or {}).items()}
+    for key in overrides:
+        if key not in TrainConfig.field_names():
+            raise UserError(f"--set {key}: unknown; expected a TrainConfig field")
+    if options.checkpoint:
+        overrides["sam_checkpoint"] = options.checkpoint
+        overrides["model"] = resolve_model(TrainConfig(sam_checkpoint=options.checkpoint)).model
+    if options.from_scratch:
+        overrides["model"] = _scratch_model(space)
+    for key, value in (("device", options.device), ("threads", options.threads)):
+        if value is not None:
+            overrides[key] = value
+    if assume is not None:
+        data = DataShape.assumed(*assume, size=assume_size)
+    else:
+        root = options.data_root or str(synth.embedded(paths.data_dir(), space.synthetic))
+        fixed = TrainConfig.from_dict(space.fixed, source=space.source)
+        data = DataShape.of(Path(root), fixed.train_limit, fixed.val_limit)
+    return plan_study(
+        space,
+        data,
+        resolve_device(options.device or "auto"),
+        FeatureCache.at(paths.cache_dir(), options.cache_limit).limit,
+        overrides=overrides,
+        jobs=options.jobs,
+        budget=options.trials,
+        log=log,
+    )
+
+
 def _scratch_model(space: SearchSpace) -> str:
     """--from-scratch: the space's one model, as its random-weights variant."""
     if any(p.name == "model" for p in space.params):
@@ -142,6 +187,8 @@ def run(options: RunOptions) -> optuna.Study:
     is an error that says why, not a leaderboard of failures with exit status 0."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     plans = plan(options)
+    cache_plan = announce_plan(plans[0])
+    plans = [dataclasses.replace(p, cache_plan=cache_plan) for p in plans]
     storage = open_storage(options.storage)
     before = len(optuna.load_study(study_name=options.study, storage=storage).trials)
     if len(plans) == 1:
@@ -209,18 +256,49 @@ def run_worker(plan: WorkerPlan) -> None:
     )
 
 
+def run_overrides(plan: WorkerPlan) -> dict:
+    """What this run sets in every trial's config, over the space's values."""
+    values = {
+        "sam_checkpoint": plan.options.checkpoint,
+        "model": plan.model,
+        "device": plan.device,
+        "threads": plan.threads,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def announce_plan(worker: WorkerPlan) -> CachePlan | None:
+    """`tuner plan`'s summary before the first trial, and the cache decision the study keeps
+    (made once: a rerun or another machine applies the stored one)."""
+    options, space = worker.options, worker.space
+    study = open_study(space, open_storage(options.storage), options.artifacts)
+    remaining = None if worker.budget is None else trials_to_run(study, worker.budget)
+    stored = study.user_attrs.get(attrs.CACHE_PLAN)
+    chosen = CachePlan.from_dict(stored) if stored else None
+    if remaining == 0:
+        return chosen
+    fixed = TrainConfig.from_dict(space.fixed, source=space.source)
+    summary = plan_study(
+        space,
+        DataShape.of(Path(worker.data_root), fixed.train_limit, fixed.val_limit),
+        resolve_device(worker.device or "auto"),
+        FeatureCache.at(paths.cache_dir(), options.cache_limit).limit,
+        overrides=run_overrides(worker),
+        jobs=options.jobs,
+        budget=remaining,
+        chosen=chosen,
+        budget_s=0.5,
+    )
+    for line in summary.lines():
+        print(line)
+    if stored is None:
+        study.set_user_attr(attrs.CACHE_PLAN, summary.cache.to_dict())
+    return summary.cache
+
+
 def trial_runner(plan: WorkerPlan, study: optuna.Study, prefix: str) -> TrialRunner:
     options = plan.options
-    overrides = {
-        k: v
-        for k, v in {
-            "sam_checkpoint": options.checkpoint,
-            "model": plan.model,
-            "device": plan.device,
-            "threads": plan.threads,
-        }.items()
-        if v is not None
-    }
+    overrides = run_overrides(plan)
     work_dir = paths.home() / "tmp"
     work_dir.mkdir(parents=True, exist_ok=True)
     return TrialRunner(
@@ -229,16 +307,21 @@ def trial_runner(plan: WorkerPlan, study: optuna.Study, prefix: str) -> TrialRun
         artifact_store=open_artifact_store(study.user_attrs.get(attrs.ARTIFACT_STORE)),
         overrides=overrides,
         cache=FeatureCache.at(paths.cache_dir(), options.cache_limit),
+        cache_plan=plan.cache_plan,
         work_dir=work_dir,
         progress=options.progress and options.jobs == 1,
         prefix=prefix,
     )
 
 
-def optimize(study: optuna.Study, runner: TrialRunner, **kwargs) -> None:
-    """study.optimize, where Ctrl-C queues the interrupted trial again with the same params."""
+def optimize(study: optuna.Study, runner: TrialRunner, callbacks=(), **kwargs) -> None:
+    """study.optimize, where Ctrl-C queues the interrupted trial again with the same params,
+    and the weights of trials outside the best `keep_checkpoints` are dropped as trials end."""
+    keep = KeepBestCheckpoints(runner.space.keep_checkpoints, runner.artifact_store)
     try:
-        study.optimize(runner, catch=(Exception,), gc_after_trial=True, **kwargs)
+        study.optimize(
+            runner, catch=(Exception,), gc_after_trial=True, callbacks=[*callbacks, keep], **kwargs
+        )
     except KeyboardInterrupt:
         if runner.current is not None:
             trial = get_trial(study, runner.current)

@@ -50,6 +50,7 @@ TOP_LEVEL_KEYS = {
     "synthetic",
     "confirm",
     "exclude",
+    "keep_checkpoints",
 }
 
 
@@ -140,6 +141,9 @@ class SearchSpace:
     description: str = ""
     confirm: Confirm | None = None
     exclude: tuple[tuple[tuple[str, Any], ...], ...] = ()  # combinations a grid skips
+    # Trials whose weights the study keeps (the best K, or the Pareto front); the others keep
+    # their metrics, config and per-image counts. None: keep every checkpoint.
+    keep_checkpoints: int | None = 3
 
     @property
     def directions(self) -> list[str]:
@@ -262,6 +266,12 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
         isinstance(trials, bool) or not isinstance(trials, int) or trials < 1
     ):
         raise ConfigError(f"{source}: trials={trials!r}: expected a positive integer")
+    keep = raw.get("keep_checkpoints", 3)
+    if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
+        raise ConfigError(
+            f"{source}: keep_checkpoints={keep!r}: expected a positive integer, or null to keep "
+            "every trial's weights"
+        )
     timeout = raw.get("timeout")
     if timeout is not None and (
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
@@ -307,6 +317,7 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
         description=str(raw.get("description") or ""),
         confirm=_dataclass_section(raw, "confirm", Confirm, source) if "confirm" in raw else None,
         exclude=_exclusions(raw.get("exclude"), params, sampler, source),
+        keep_checkpoints=keep,
     )
     if space.confirm is not None and space.multi_objective:
         raise ConfigError(

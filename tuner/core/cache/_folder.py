@@ -26,6 +26,7 @@ LOCK_FILE = ".lock"
 TRASH_PREFIX = ".trash-"
 DEFAULT_LIMIT = 20 * 2**30
 STALE_TMP_SECONDS = 3600
+CREDIT_PARTS = 16  # a set re-checks the folder's size after writing limit / 16 bytes
 
 _UNITS = {"": 1, "B": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
@@ -86,7 +87,7 @@ class FeatureCache:
 
     @contextlib.contextmanager
     def open(
-        self, key: dict[str, Any], dtype: torch.dtype, shape: tuple[int, ...] | None = None
+        self, key: dict[str, Any], dtype: torch.dtype | str, shape: tuple[int, ...] | None = None
     ) -> Iterator[FeatureSet]:
         """The feature set of `key`, created if new; entries may be added within the limit."""
         folder = self.folder / key_digest(key)
@@ -102,7 +103,11 @@ class FeatureCache:
             _remove_stale_tmp(folder)
 
             def make_room(need: int) -> int:
-                return max(0, self.limit - self._make_room(keep=folder, need=need))
+                # A credit of at most a 16th of the limit (or `need`), then a fresh look at
+                # the folder: the sets open at once (a trial's train and val sets, other
+                # workers') share the limit instead of each believing all free room is its own.
+                free = max(0, self.limit - self._make_room(keep=folder, need=need))
+                return min(free, max(need, self.limit // CREDIT_PARTS))
 
             yield FeatureSet(folder, dtype, shape, budget=make_room(0), make_room=make_room)
         finally:

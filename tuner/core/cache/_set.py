@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tuner.core.cache._codec import HEADER_BYTES, Codec
+
 ENTRY_SUFFIX = ".npy"
 
 
@@ -26,12 +28,12 @@ class FeatureSet:
     def __init__(
         self,
         folder: Path,
-        dtype: torch.dtype,
+        dtype: torch.dtype | str,
         shape: tuple[int, ...] | None = None,
         budget: int | None = None,
         make_room: Callable[[int], int] | None = None,
     ) -> None:
-        self.folder, self.dtype, self.shape = folder, dtype, shape
+        self.folder, self.codec, self.shape = folder, Codec.of(dtype), shape
         self.budget = budget  # bytes this process may still add; None: read-only
         self.make_room = make_room
         self.hits = self.misses = self.stored = 0
@@ -49,17 +51,20 @@ class FeatureSet:
         except (OSError, ValueError, EOFError):
             self.misses += 1
             return None
-        tensor = torch.from_numpy(array)
-        if tensor.dtype != self.dtype or (self.shape is not None and tensor.shape != self.shape):
+        if array.dtype != self.codec.array_dtype:
+            self.misses += 1
+            return None
+        tensor = self.codec.decode(array)
+        if self.shape is not None and tensor.shape != self.shape:
             self.misses += 1
             return None
         self.hits += 1
         return tensor
 
     def put(self, name: str, tensor: torch.Tensor) -> bool:
-        """Store `tensor` (already in this set's dtype); False when there is no room."""
-        array = tensor.detach().to("cpu").contiguous().numpy()
-        size = array.nbytes + 128  # .npy header
+        """Store `tensor` in this set's storage dtype; False when there is no room."""
+        array = self.codec.encode(tensor)
+        size = array.nbytes + HEADER_BYTES
         if self.budget is None or self.full:
             return False
         if size > self.budget and self.make_room is not None:

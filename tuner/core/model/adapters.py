@@ -74,10 +74,13 @@ class LoRALinear(nn.Module):
         third = base.out_features // 3
         spans = {"q": (0, third), "v": (2 * third, 3 * third)}
         self.spans = [spans.get(name, (0, base.out_features)) for name in slices]
+        like = {"device": base.weight.device, "dtype": base.weight.dtype}  # from the source
         self.down = nn.ParameterList(
-            nn.Parameter(torch.empty(rank, base.in_features)) for _ in self.spans
+            nn.Parameter(torch.empty(rank, base.in_features, **like)) for _ in self.spans
         )
-        self.up = nn.ParameterList(nn.Parameter(torch.zeros(b - a, rank)) for a, b in self.spans)
+        self.up = nn.ParameterList(
+            nn.Parameter(torch.zeros(b - a, rank, **like)) for a, b in self.spans
+        )
         for down in self.down:  # as nn.Linear initialises a weight; `up` is zero
             nn.init.kaiming_uniform_(down, a=math.sqrt(5))
 
@@ -102,8 +105,16 @@ class LoRALinear(nn.Module):
         return delta
 
     def merged(self) -> nn.Linear:
+        """One plain Linear on the base's device and in its dtype (a CUDA or float64 model
+        stays one after merging)."""
         base = self.base
-        linear = nn.Linear(base.in_features, base.out_features, base.bias is not None)
+        linear = nn.Linear(
+            base.in_features,
+            base.out_features,
+            base.bias is not None,
+            device=base.weight.device,
+            dtype=base.weight.dtype,
+        )
         with torch.no_grad():
             linear.weight.copy_(self.base.weight + self.delta())
             if self.base.bias is not None:

@@ -110,9 +110,20 @@ class MaskDecoderHead(nn.Module):
         for mlp in self.hypernetworks:  # start every class from SAM's first mask MLP
             mlp.load_state_dict(decoder.output_hypernetworks_mlps[0].state_dict())
 
+    def dense_pe(self, h: int, w: int) -> torch.Tensor:
+        """(C, h, w) random Fourier position encoding of the token grid, as SAM's
+        `PositionEmbeddingRandom.forward` computes it, but in the matrix's own dtype (SAM's
+        builds its grid in float32 whatever the model's dtype is)."""
+        matrix = self.pe_layer.positional_encoding_gaussian_matrix
+        y = (torch.arange(h, device=matrix.device, dtype=matrix.dtype) + 0.5) / h
+        x = (torch.arange(w, device=matrix.device, dtype=matrix.dtype) + 0.5) / w
+        coords = torch.stack(torch.meshgrid(x, y, indexing="xy"), dim=-1)  # (h, w, 2): x, y
+        projected = 2 * torch.pi * ((2 * coords - 1) @ matrix)
+        return torch.cat([projected.sin(), projected.cos()], dim=-1).permute(2, 0, 1)
+
     def forward(self, embedding: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
         b, c, h, w = embedding.shape
-        image_pe = self.pe_layer((h, w)).unsqueeze(0).expand(b, -1, -1, -1)
+        image_pe = self.dense_pe(h, w).unsqueeze(0).expand(b, -1, -1, -1)
         src = embedding + self.no_mask_embed.weight.reshape(1, -1, 1, 1)
         tokens = self.class_tokens.weight.unsqueeze(0).expand(b, -1, -1)
         tokens_out, src = self.transformer(src, image_pe, tokens)

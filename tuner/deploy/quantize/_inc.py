@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from tuner.core.data.transforms import image_tensor, normalize
+from tuner.core.environment import placement
 from tuner.core.inference import pad_to_crop, windows
 from tuner.core.registry import Registry
 
@@ -149,15 +150,17 @@ def _export(model: torch.nn.Module, crop: tuple[int, int]):
     from neural_compressor.torch.export import export
     from torch.export import Dim
 
-    example = (torch.randn(2, 3, *crop),)
+    device, dtype = placement(model)  # the example lives where the model does
+    example = (torch.randn(2, 3, *crop, device=device, dtype=dtype),)
     exported = export(model, example, dynamic_shapes=({0: Dim("batch", min=1, max=64)},))
     return exported, example
 
 
 def _calibrate(model, windows: list[torch.Tensor], batch: int = 4) -> None:
+    device, dtype = placement(model)
     with torch.no_grad():
         for start in range(0, len(windows), batch):
-            model(torch.stack(windows[start : start + batch]))
+            model(torch.stack(windows[start : start + batch]).to(device, dtype))
 
 
 def method_of(name: str) -> Method:

@@ -2,7 +2,7 @@
 many trials it runs and what becomes of an interrupted one (`budget`), what it found (`inspect`)
 and the files beside it (`artifacts`). Samplers and pruners are in `tuner.search.samplers`."""
 
-from tuner.search.study.artifacts import fetch_checkpoint, upload
+from tuner.search.study.artifacts import KeepBestCheckpoints, fetch_checkpoint, upload
 from tuner.search.study.budget import (
     StopAtBudget,
     counted_trials,
@@ -29,6 +29,7 @@ from tuner.search.study.storage import (
 )
 
 __all__ = [
+    "KeepBestCheckpoints",
     "StopAtBudget",
     "artifact_store_for",
     "best_trials",
