@@ -1,4 +1,4 @@
-"""python -m bench NAME [--quick] [--device cpu|cuda] [--out FILE]"""
+"""python -m bench NAME [--quick] [--scale] [--device cpu|cuda] [--out FILE]"""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ NAMES = (
     "pretrained",
     "views",
     "gpu",
+    "checkpoints",
+    "plan",
 )
 
 
@@ -28,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", choices=NAMES)
     parser.add_argument("--quick", action="store_true", help="tiny settings (for tests)")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument(
+        "--scale", action="store_true", help="cache: the scale model of Cityscapes vit_b at 1024"
+    )
     parser.add_argument(
         "--device", default="cpu", choices=("cpu", "cuda"), help="for train_step, attention and gpu"
     )
@@ -38,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
         options["device"] = args.device
     elif args.device != "cpu":
         parser.error(f"{args.name} runs on the CPU only")
+    if "scale" in inspect.signature(module.run).parameters:
+        options["scale"] = args.scale
+    elif args.scale:
+        parser.error(f"{args.name} has no --scale")
     result = {"benchmark": args.name, **options, **module.run(**options)}
     text = json.dumps(result, indent=2, default=str)
     print(text)

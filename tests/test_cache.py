@@ -149,6 +149,34 @@ def test_float16_cache_keeps_miou_within_a_thousandth(tiny_data, tiny_config, tm
     assert abs(hit.best_metrics["val_miou"] - off.best_metrics["val_miou"]) <= 1e-3
 
 
+@pytest.mark.parametrize("depth", [4, 6])
+def test_int8_storage_hits_give_what_misses_gave(tiny_data, tiny_config, tmp_path, depth):
+    # Misses pass through the storage too, so a trial that reads int8 features scores what
+    # the trial that computed them scored; and int8 stays close to float32.
+    config = tiny_config.replace(freeze_depth=depth, epochs=2, cache_dtype="int8")
+    cache = FeatureCache(tmp_path)
+    filled = quiet_fit(config, tiny_data, cache)
+    hit = quiet_fit(config, tiny_data, cache)
+    assert hit.cache["train_misses"] == 0 and hit.cache["train_hits"] > 0
+    assert hit.best_metrics["val_miou"] == filled.best_metrics["val_miou"]
+    exact = quiet_fit(config.replace(cache="off"), tiny_data, None)
+    assert abs(hit.best_metrics["val_miou"] - exact.best_metrics["val_miou"]) <= 0.01
+    entry = next((tmp_path).rglob("v0-0.npy"))
+    assert np.load(entry).dtype == np.int8
+
+
+def test_the_int8_codec_bounds_its_error_per_row():
+    from tuner.core.cache import Codec
+
+    x = torch.randn(16, 32, 64) * torch.logspace(-3, 3, 64)  # rows of very different scales
+    back = Codec.of("int8").round_trip(x)
+    scale = x.abs().amax(dim=-1, keepdim=True)
+    assert torch.all((back - x).abs() <= scale / 127 * 0.51 + 1e-6 * scale)
+    assert Codec.of("int8").entry_bytes((16, 32, 64)) < Codec.of("float16").entry_bytes(
+        (16, 32, 64)
+    ) * 0.55
+
+
 def test_a_full_hit_never_runs_the_frozen_prefix(tiny_data, tiny_config, tmp_path, monkeypatch):
     config = tiny_config.replace(freeze_depth=4, epochs=2)
     cache = FeatureCache(tmp_path)

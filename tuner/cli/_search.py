@@ -36,6 +36,13 @@ from tuner.core import paths
 @click.option("--threads", type=COUNT, help="CPU threads per worker")
 @click.option("--no-report", is_flag=True, help="do not refresh the dashboard figures at the end")
 @CACHE_LIMIT
+@click.option(
+    "--cache-as-configured",
+    "cache_plan",
+    flag_value=False,
+    default=True,
+    help="store features as each trial's config says, even where they overflow the cache",
+)
 def run(study, space_file, storage, data_root, checkpoint, no_report, **options) -> None:
     """Create or resume a study and run trials until its budget is spent."""
     from tuner.report import attach_to_dashboard, build_sections

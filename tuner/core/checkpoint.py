@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from tuner.core.config import TrainConfig
-from tuner.core.environment import PARAMETER_DTYPES
+from tuner.core.environment import PARAMETER_DTYPES, seed_everything
 from tuner.core.errors import CheckpointError, ConfigError
 from tuner.core.fsutil import atomic_write
 from tuner.core.model import Segmenter, build_segmenter
@@ -187,9 +187,7 @@ def _rebuild_base(ckpt: Checkpoint, base_file: str | Path | None) -> Segmenter:
             f"{ckpt.path}: trained from base sha256 {recorded.sha256}, but {found.describe()}; "
             "pass the base it was trained from with --base"
         )
-    from tuner.core.train import seed_everything  # the seeded initialisation `fit` built
-
-    seed_everything(config.seed)
+    seed_everything(config.seed)  # the seeded initialisation `fit` built
     return build_segmenter(config)
 
 

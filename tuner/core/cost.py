@@ -98,6 +98,7 @@ class TrialCost:
     write_seconds: float  # writing one cached entry (atomically, fsynced)
     build_seconds: float  # building the model and loading its weights
     checkpoint_bytes: int  # the trial's delta checkpoint
+    whole_model_bytes: int  # what a whole-model checkpoint would hold (format sam-tuner/1)
     peak_memory_bytes: int
     peak_memory_kind: str  # "CUDA allocated" or "process RSS"
     trainable_params: int
@@ -168,6 +169,7 @@ def measure_trial(
         write_seconds=io_seconds[1],
         build_seconds=build_seconds,
         checkpoint_bytes=checkpoint,
+        whole_model_bytes=sum(t.numel() * t.element_size() for t in model.state_dict().values()),
         peak_memory_bytes=int(peak),
         peak_memory_kind=kind,
         trainable_params=trainable,

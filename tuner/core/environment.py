@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import random
 from importlib import metadata
 
+import numpy as np
 import torch
 
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8")
@@ -58,6 +60,14 @@ def placement(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
 def loss_precision(logits: torch.Tensor) -> torch.Tensor:
     """Logits for a loss or an average: bf16/fp16 ones upcast to float32, float64 kept."""
     return logits if logits.dtype in (torch.float32, torch.float64) else logits.float()
+
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators: what `fit` seeds before it builds a model
+    (a seeded initialisation is rebuilt from this seed)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def configure_threads(threads: int | None) -> int:

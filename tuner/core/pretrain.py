@@ -41,12 +41,12 @@ from tuner.core.data import synth
 from tuner.core.data.cityscapes import CityscapesDataset
 from tuner.core.data.labels import IGNORE_INDEX, NUM_CLASSES
 from tuner.core.data.transforms import Augment, AugmentedSet
-from tuner.core.environment import configure_threads, isa_summary
+from tuner.core.environment import configure_threads, isa_summary, seed_everything
 from tuner.core.fsutil import atomic_write
 from tuner.core.inference import evaluate
 from tuner.core.model.backbone import STANDIN_WEIGHTS, build_sam
 from tuner.core.model.heads import LinearHead, MaskDecoderHead
-from tuner.core.train import seed_everything, warmup_poly
+from tuner.core.train import warmup_poly
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from tuner.core.environment import (
     configure_threads,
     loss_precision,
     resolve_device,
+    seed_everything,
 )
 from tuner.core.errors import ConfigError, UserError
 from tuner.core.frozen_prefix import PrefixFeatures
@@ -71,12 +71,6 @@ class TrainCallback(Protocol):
     def on_epoch_end(self, epoch: int, metrics: dict[str, Any]) -> bool:
         """Called after each evaluation; return True to stop training now."""
         ...
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def warmup_poly(total_steps: int, warmup_steps: int, power: float):

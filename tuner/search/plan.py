@@ -127,17 +127,19 @@ class StudyPlan:
     def wall_seconds(self) -> float:
         return self.seconds / max(1, self.jobs)
 
+    def kept_checkpoint_bytes(self, confirmation: bool = False) -> int:
+        """Bytes of checkpoints the study (or its confirmation study) keeps at the end: its
+        best K. Assumes at least K trials complete (pruned ones upload nothing)."""
+        sizes = sorted(
+            (t.cost.checkpoint_bytes for t in self.trials if t.confirmation == confirmation),
+            reverse=True,
+        )
+        return sum(sizes[: self.keep_checkpoints] if self.keep_checkpoints else sizes)
+
     @property
     def checkpoint_bytes(self) -> int:
-        """Bytes of checkpoints the study keeps at the end (the best K per study)."""
-        kept = 0
-        for confirmation in (False, True):
-            sizes = sorted(
-                (t.cost.checkpoint_bytes for t in self.trials if t.confirmation == confirmation),
-                reverse=True,
-            )
-            kept += sum(sizes[: self.keep_checkpoints] if self.keep_checkpoints else sizes)
-        return kept
+        """Bytes of checkpoints kept at the end, the study's and its confirmations'."""
+        return self.kept_checkpoint_bytes(False) + self.kept_checkpoint_bytes(True)
 
     @property
     def hit_rate_after_first(self) -> float | None:
@@ -169,9 +171,11 @@ class StudyPlan:
         if self.device.startswith("cuda"):
             time_line += f" ({self.seconds / 3600:.2f} GPU-hours)"
         out.append(time_line + "; an upper bound: pruning is not foreseen")
-        cache = f"  feature cache: {_bytes(self.cache_bytes_needed)} of features"
+        cache = f"  feature cache: the trials compute {_bytes(self.cache_bytes_needed)} of features"
         if self.cache_bytes_needed:
-            cache += f" against a limit of {_bytes(self.limit)}"
+            cache += (
+                f", {_bytes(self.cache_bytes_held)} stay under the limit of {_bytes(self.limit)}"
+            )
             rate = self.hit_rate_after_first
             if rate is not None:
                 cache += f"; trials after the first read {rate:.0%} of their features from it"
@@ -182,7 +186,8 @@ class StudyPlan:
             out.append(f"  cache plan: {self.cache.reason}")
         keep = self.keep_checkpoints
         out.append(
-            f"  checkpoints: {_bytes(max(c.checkpoint_bytes for c in costs))} per trial at most, "
+            f"  checkpoints: {_bytes(max(c.checkpoint_bytes for c in costs))} per trial at most "
+            f"(the whole model: {_bytes(max(c.whole_model_bytes for c in costs))}), "
             f"{_bytes(self.checkpoint_bytes)} kept"
             + (f" (the best {keep})" if keep else " (every trial)")
         )
@@ -342,21 +347,22 @@ def choose_cache_plan(trials: list[PlannedTrial], data: DataShape, limit: int) -
     configured = max((t.config.aug_views or t.config.epochs) for t in cached)
     dtypes = [None, "int8"] if any(t.config.cache_dtype != "int8" for t in cached) else [None]
     best: tuple[float, CachePlan] | None = None
+    as_configured = None
     for views in range(min(configured, epochs), 0, -1):
         for dtype in dtypes:
             bound = None if views == configured else views
             candidate = CachePlan(bound, dtype, "")
             ratio, stored = _replay(candidate, trials, data, limit)
+            as_configured = ratio if as_configured is None else as_configured
             if ratio >= GOOD_ENOUGH:
-                return dataclasses.replace(
-                    candidate, reason=_reason(candidate, stored, limit, ratio)
-                )
+                reason = _reason(candidate, stored, limit, ratio, as_configured)
+                return dataclasses.replace(candidate, reason=reason)
             if best is None or ratio > best[0]:
                 best = (ratio, candidate)
     ratio, candidate = best
     return dataclasses.replace(
         candidate,
-        reason=_reason(candidate, 0, limit, ratio)
+        reason=_reason(candidate, 0, limit, ratio, as_configured)
         + "; even this leaves the cache thrashing: raise --cache-limit",
     )
 
@@ -373,7 +379,9 @@ def _replay(
     return (sum(o.hits for o in limited) / ideal if ideal else 1.0), held
 
 
-def _reason(candidate: CachePlan, stored: int, limit: int, ratio: float) -> str:
+def _reason(
+    candidate: CachePlan, stored: int, limit: int, ratio: float, as_configured: float
+) -> str:
     if not candidate.changes:
         return f"the study's features fit: {_bytes(stored)} under {_bytes(limit)}"
     parts = []
@@ -383,8 +391,8 @@ def _reason(candidate: CachePlan, stored: int, limit: int, ratio: float) -> str:
         parts.append(f"cache_dtype: {candidate.cache_dtype}")
     return (
         f"the features as configured overflow {_bytes(limit)}, so trials that cache use "
-        f"{', '.join(parts)}: {_bytes(stored)} of features, {ratio:.0%} of an unlimited "
-        "cache's hits"
+        f"{', '.join(parts)}: {ratio:.0%} of an unlimited cache's hits (as configured: "
+        f"{as_configured:.0%})"
     )
 
 

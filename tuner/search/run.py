@@ -66,6 +66,7 @@ class RunOptions:
     jobs: int = 1
     progress: bool = True
     cache_limit: str | None = None  # size limit of the feature cache (default 20G)
+    cache_plan: bool = True  # False: store features as configured even when they overflow
 
 
 @dataclass
@@ -275,6 +276,8 @@ def announce_plan(worker: WorkerPlan) -> CachePlan | None:
     remaining = None if worker.budget is None else trials_to_run(study, worker.budget)
     stored = study.user_attrs.get(attrs.CACHE_PLAN)
     chosen = CachePlan.from_dict(stored) if stored else None
+    if chosen is None and not options.cache_plan:
+        chosen = CachePlan(None, None, "as configured (--cache-as-configured)")
     if remaining == 0:
         return chosen
     fixed = TrainConfig.from_dict(space.fixed, source=space.source)

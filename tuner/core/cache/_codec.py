@@ -25,6 +25,7 @@ import torch
 
 _FLOATS = {"float16": torch.float16, "float32": torch.float32}
 _SCALE_BYTES = 2  # one float16 scale per row, stored as the row's last two int8 values
+_SMALLEST_SCALE = 2**-24  # float16's smallest subnormal: an all-zero row stays zero
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,11 @@ class Codec:
         if self.name in _FLOATS:
             return tensor.to(_FLOATS[self.name]).contiguous().numpy()
         x = tensor.float()
-        scale = (x.abs().amax(dim=-1, keepdim=True) / 127).clamp_min(1e-8).half()
+        exact = (x.abs().amax(dim=-1, keepdim=True) / 127).clamp_min(_SMALLEST_SCALE)
+        scale = exact.half()
+        # Rounded up, never down, so that |x| / scale <= 127 and no value is clipped.
+        low = scale.float() < exact
+        scale = torch.where(low, torch.nextafter(scale, torch.full_like(scale, 1.0)), scale)
         q = torch.round(x / scale.float()).clamp(-127, 127).to(torch.int8)
         return torch.cat([q, scale.view(torch.int8)], dim=-1).contiguous().numpy()
 

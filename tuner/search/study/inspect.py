@@ -106,6 +106,9 @@ def checkpoint_location(study: optuna.Study, trial: FrozenTrial) -> str:
     artifact_id = trial.user_attrs.get(attrs.CHECKPOINT)
     if artifact_id is None:
         return "none (only completed trials keep a checkpoint)"
+    dropped = study.user_attrs.get(f"{attrs.CHECKPOINT_DROPPED}{trial.number}")
+    if dropped is not None:
+        return f"dropped ({dropped})"
     where = study.user_attrs.get(attrs.ARTIFACT_STORE, str(paths.default_artifact_dir()))
     if "://" in where:
         return f"artifact {artifact_id} in {where}"
