@@ -172,9 +172,10 @@ def test_the_int8_codec_bounds_its_error_per_row():
     back = Codec.of("int8").round_trip(x)
     scale = x.abs().amax(dim=-1, keepdim=True)
     assert torch.all((back - x).abs() <= scale / 127 * 0.51 + 1e-6 * scale)
-    assert Codec.of("int8").entry_bytes((16, 32, 64)) < Codec.of("float16").entry_bytes(
-        (16, 32, 64)
-    ) * 0.55
+    assert (
+        Codec.of("int8").entry_bytes((16, 32, 64))
+        < Codec.of("float16").entry_bytes((16, 32, 64)) * 0.55
+    )
 
 
 def test_a_full_hit_never_runs_the_frozen_prefix(tiny_data, tiny_config, tmp_path, monkeypatch):
