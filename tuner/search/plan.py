@@ -127,9 +127,14 @@ class StudyPlan:
     def wall_seconds(self) -> float:
         return self.seconds / max(1, self.jobs)
 
+    def written_checkpoint_bytes(self, confirmation: bool = False) -> int:
+        """Bytes of checkpoints the study (or its confirmation study) uploads over the run,
+        before the best-K rule drops any: one per trial (pruned trials upload none)."""
+        return sum(t.cost.checkpoint_bytes for t in self.trials if t.confirmation == confirmation)
+
     def kept_checkpoint_bytes(self, confirmation: bool = False) -> int:
         """Bytes of checkpoints the study (or its confirmation study) keeps at the end: its
-        best K. Assumes at least K trials complete (pruned ones upload nothing)."""
+        best K, taken as the K largest (an upper bound: which trials are best is not known)."""
         sizes = sorted(
             (t.cost.checkpoint_bytes for t in self.trials if t.confirmation == confirmation),
             reverse=True,
@@ -188,7 +193,8 @@ class StudyPlan:
         out.append(
             f"  checkpoints: {_bytes(max(c.checkpoint_bytes for c in costs))} per trial at most "
             f"(the whole model: {_bytes(max(c.whole_model_bytes for c in costs))}), "
-            f"{_bytes(self.checkpoint_bytes)} kept"
+            f"{_bytes(self.written_checkpoint_bytes(False) + self.written_checkpoint_bytes(True))}"
+            f" written over the study, at most {_bytes(self.checkpoint_bytes)} kept"
             + (f" (the best {keep})" if keep else " (every trial)")
         )
         out.append(f"  peak memory: {_bytes(peak.peak_memory_bytes)} ({peak.peak_memory_kind})")
@@ -211,14 +217,14 @@ def plan_study(
     """The study's trials, timed and replayed against the cache (see the module docstring).
     `chosen` is a cache plan the study already made (a rerun keeps it)."""
     configs, how = study_configs(space, overrides or {}, budget)
-    confirmations = confirmation_configs(space, configs)
     costs: dict[tuple, TrialCost] = {}
-    for config in [*configs, *confirmations]:
+    for config in configs:
         signature = cost_signature(config)
         if signature not in costs:
             if log is not None:
                 log(f"timing {describe_signature(config)} on {device} ...")
             costs[signature] = measure_trial(config, data, device, budget_s)
+    confirmations = confirmation_configs(space, configs, costs)
     trials = [PlannedTrial(c, costs[cost_signature(c)]) for c in configs]
     trials += [PlannedTrial(c, costs[cost_signature(c)], confirmation=True) for c in confirmations]
 
@@ -264,15 +270,36 @@ def study_configs(
     return configs, f"{count} random draws of the space"
 
 
-def confirmation_configs(space: SearchSpace, configs: list[TrainConfig]) -> list[TrainConfig]:
-    """`confirm: {top, seeds}`: the first `top` configurations stand for the best ones."""
+def confirmation_configs(
+    space: SearchSpace, configs: list[TrainConfig], costs: dict[tuple, TrialCost]
+) -> list[TrainConfig]:
+    """`confirm: {top, seeds}` re-runs the best configurations, which no plan can know; it
+    assumes the costliest ones (an upper bound): those that cache features first, each with
+    its own cached prefix where there are several, then by checkpoint bytes."""
     if space.confirm is None:
         return []
+
+    def weight(config: TrainConfig) -> tuple:
+        cost = costs[cost_signature(config)]
+        return (cost.prefix_cached, cost.checkpoint_bytes, cost.step_seconds)
+
+    distinct = [c for i, c in enumerate(configs) if c not in configs[:i]]
+    ranked = sorted(distinct, key=weight, reverse=True)
+    chosen: list[TrainConfig] = []
+    for config in ranked:  # one per cached prefix first ...
+        if _prefix(config) not in {_prefix(c) for c in chosen}:
+            chosen.append(config)
+    chosen += [c for c in ranked if c not in chosen]  # ... then the rest, costliest first
+    chosen = chosen[: space.confirm.top]
     return [
         config.replace(seed=config.seed + offset)
-        for config in configs[: space.confirm.top]
+        for config in chosen
         for offset in range(1, space.confirm.seeds + 1)
     ]
+
+
+def _prefix(config: TrainConfig) -> tuple:
+    return (config.freeze_depth, config.adapter, tuple(config.image_size))
 
 
 def cost_signature(config: TrainConfig) -> tuple:

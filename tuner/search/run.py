@@ -134,10 +134,12 @@ def project(
     for data that is not here, as images of `assume_size`; `settings` override every trial's
     config (TrainConfig fields, checked)."""
     space = load_run_space(options)
-    overrides = {k: coerce_field(k, v, "--set") for k, v in (settings or {}).items()}
-    for key in overrides:
+    for key in settings or {}:
         if key not in TrainConfig.field_names():
-            raise UserError(f"--set {key}: unknown; expected a TrainConfig field")
+            raise UserError(
+                f"--set {key}: unknown key; expected one of {', '.join(TrainConfig.field_names())}"
+            )
+    overrides = {k: coerce_field(k, v, "--set") for k, v in (settings or {}).items()}
     if options.checkpoint:
         overrides["sam_checkpoint"] = options.checkpoint
         overrides["model"] = resolve_model(TrainConfig(sam_checkpoint=options.checkpoint)).model
