@@ -27,6 +27,16 @@ EXPECTED_KEYS = {
     "attention": {"results", "speedup"},
     "pretrained": {"start", "freeze"},
     "views": {"results"},
+    "checkpoints": {"artifact_bytes_before", "artifact_bytes_after", "after_over_before"},
+    "plan": {"studies"},
+}
+# What each quick run must also show, beyond its keys.
+CHECKS = {
+    "checkpoints": lambda r: r["artifact_bytes_after"] < r["artifact_bytes_before"],
+    "plan": lambda r: all(
+        s["cache_bytes"]["projected"] == s["cache_bytes"]["measured"] and s["trials"]
+        for s in r["studies"]
+    ),
 }
 
 
@@ -47,6 +57,7 @@ def test_benchmark_prints_json(name, tmp_path):
     assert printed["benchmark"] == name and printed["quick"] is True
     assert EXPECTED_KEYS[name] <= printed.keys()
     assert printed["machine"]["cpu"]["isa"]
+    assert CHECKS.get(name, lambda r: True)(printed)
 
 
 @pytest.mark.slow
