@@ -48,7 +48,8 @@ def study_row(study: str) -> dict:
             raise RuntimeError(done.output)
         storage = open_storage(None)
         rows = []
-        for name in (study, f"{study}.confirm"):
+        names = [study, f"{study}.confirm"] if plan.trials[-1].confirmation else [study]
+        for name in names:
             for trial in load_existing_study(name, storage).trials:
                 if attrs.FIT_SECONDS not in trial.user_attrs:
                     continue
@@ -64,7 +65,7 @@ def study_row(study: str) -> dict:
                 )
         cache_bytes = FeatureCache.at(paths.cache_dir()).usage().bytes
         kept = 0
-        for name in (study, f"{study}.confirm"):
+        for name in names:
             loaded = load_existing_study(name, storage)
             for trial in loaded.trials:
                 artifact = trial.user_attrs.get(attrs.CHECKPOINT)

@@ -34,6 +34,7 @@ from tuner.core.cache._simulate import Read, TrialOutcome, simulate
 from tuner.core.config import TrainConfig
 from tuner.core.cost import DataShape, TrialCost, measure_trial
 from tuner.core.data.transforms import view_number
+from tuner.core.errors import UserError
 from tuner.search.space import SearchSpace
 
 RANDOM_DRAWS = 10  # trials planned for a space with no budget (a timeout, or none)
@@ -223,7 +224,14 @@ def plan_study(
         if signature not in costs:
             if log is not None:
                 log(f"timing {describe_signature(config)} on {device} ...")
-            costs[signature] = measure_trial(config, data, device, budget_s)
+            try:
+                costs[signature] = measure_trial(config, data, device, budget_s)
+            except UserError:
+                raise
+            except Exception as exc:  # the trial would fail the same way: say where
+                raise UserError(
+                    f"could not time {describe_signature(config)}: {type(exc).__name__}: {exc}"
+                ) from None
     confirmations = confirmation_configs(space, configs, costs)
     trials = [PlannedTrial(c, costs[cost_signature(c)]) for c in configs]
     trials += [PlannedTrial(c, costs[cost_signature(c)], confirmation=True) for c in confirmations]
@@ -256,6 +264,7 @@ def study_configs(
     space: SearchSpace, overrides: dict[str, Any], budget: int | None
 ) -> tuple[list[TrainConfig], str]:
     """The configurations the study will train, in order, and how they were found."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" line
     if space.sampler["name"] == "grid":
         points = space.points()
         count = budget or len(points)

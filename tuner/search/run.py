@@ -283,17 +283,21 @@ def announce_plan(worker: WorkerPlan) -> CachePlan | None:
     if remaining == 0:
         return chosen
     fixed = TrainConfig.from_dict(space.fixed, source=space.source)
-    summary = plan_study(
-        space,
-        DataShape.of(Path(worker.data_root), fixed.train_limit, fixed.val_limit),
-        resolve_device(worker.device or "auto"),
-        FeatureCache.at(paths.cache_dir(), options.cache_limit).limit,
-        overrides=run_overrides(worker),
-        jobs=options.jobs,
-        budget=remaining,
-        chosen=chosen,
-        budget_s=0.5,
-    )
+    try:
+        summary = plan_study(
+            space,
+            DataShape.of(Path(worker.data_root), fixed.train_limit, fixed.val_limit),
+            resolve_device(worker.device or "auto"),
+            FeatureCache.at(paths.cache_dir(), options.cache_limit).limit,
+            overrides=run_overrides(worker),
+            jobs=options.jobs,
+            budget=remaining,
+            chosen=chosen,
+            budget_s=0.5,
+        )
+    except UserError as exc:  # the trials will meet the same problem and record it
+        print(f"plan of study {space.study!r} not made: {exc}")
+        return chosen
     for line in summary.lines():
         print(line)
     if stored is None:
