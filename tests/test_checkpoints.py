@@ -158,3 +158,31 @@ def test_a_study_keeps_the_weights_of_its_best_k_only(tiny_data, tuner_home, tmp
         # What it measured stays: metrics, config, per-image counts.
         assert trial.user_attrs["val_miou"] == trial.value
         store.open_reader(trial.user_attrs["per_image_artifact_id"]).close()
+
+
+def test_with_confirmations_the_best_k_follow_the_mean_over_seeds():
+    # A trial that ranks low on its own run can win on its mean over seeds: the ranking the
+    # study is given decides which weights stay.
+    import optuna
+
+    from tuner.search.study import KeepBestCheckpoints
+
+    removed: list[str] = []
+
+    class Store:
+        def remove(self, artifact_id: str) -> None:
+            removed.append(artifact_id)
+
+    study = optuna.create_study(direction="maximize")
+    for number, value in enumerate([0.9, 0.8, 0.7]):
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value, user_attrs={"checkpoint_artifact_id": f"a{number}"}
+            )
+        )
+    trials = study.get_trials()
+    keep = KeepBestCheckpoints(1, Store())
+    keep.prune(study, ranked=[trials[2], trials[0], trials[1]])  # trial 2 leads on its mean
+    assert sorted(removed) == ["a0", "a1"]
+    assert "checkpoint_dropped:2" not in study.user_attrs
+    assert "checkpoint_dropped:0" in study.user_attrs

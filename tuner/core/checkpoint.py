@@ -152,12 +152,14 @@ def load_segmenter(
     and refused when its sha256 is not the recorded one. The model is in the checkpoint's
     `dtype` field's dtype unless `dtype` says otherwise."""
     ckpt = load_checkpoint(path)
+    dtype = dtype or PARAMETER_DTYPES[ckpt.config.dtype]
     if ckpt.is_delta:
         model = _rebuild_base(ckpt, base)
         shared = from_base(model, ckpt.config.model)
     else:
         model = build_segmenter(ckpt.config, pretrained=False, initialise=False)
         shared = set()
+    model = model.to(dtype)  # before loading: float64 weights are not rounded through float32
     try:
         missing, unexpected = model.load_state_dict(ckpt.state_dict, strict=False)
     except RuntimeError as exc:
@@ -165,8 +167,7 @@ def load_segmenter(
     if unexpected or set(missing) != shared:
         extra = sorted(set(missing) - shared)[:3] or unexpected[:3]
         raise CheckpointError(f"{path}: weights do not match its own config (e.g. {extra})")
-    dtype = dtype or PARAMETER_DTYPES[ckpt.config.dtype]
-    return model.to(device, dtype).eval(), ckpt
+    return model.to(device).eval(), ckpt
 
 
 def _rebuild_base(ckpt: Checkpoint, base_file: str | Path | None) -> Segmenter:
@@ -178,14 +179,14 @@ def _rebuild_base(ckpt: Checkpoint, base_file: str | Path | None) -> Segmenter:
         config = config.replace(sam_checkpoint=recorded.path)
     if config.sam_checkpoint and not Path(config.sam_checkpoint).is_file():
         raise CheckpointError(
-            f"{ckpt.path}: its base weights {config.sam_checkpoint} are not there; pass the "
-            f"file with --base (sha256 {recorded.sha256})"
+            f"{ckpt.path}: its base weights {config.sam_checkpoint} are not there; write a "
+            f"standalone file with `tuner export --base FILE` (sha256 {recorded.sha256})"
         )
     found = BaseWeights.of(config)
     if found.sha256 != recorded.sha256:
         raise CheckpointError(
             f"{ckpt.path}: trained from base sha256 {recorded.sha256}, but {found.describe()}; "
-            "pass the base it was trained from with --base"
+            "give the base it was trained from to `tuner export --base FILE`"
         )
     seed_everything(config.seed)  # the seeded initialisation `fit` built
     return build_segmenter(config)

@@ -37,7 +37,12 @@ from tuner.core.cache import FeatureSet
 from tuner.core.config import TrainConfig
 from tuner.core.data.cityscapes import CityscapesDataset
 from tuner.core.data.transforms import Augment, EvalSet, draw_view, view_image, view_label
-from tuner.core.environment import PARAMETER_DTYPES, autocast, loss_precision
+from tuner.core.environment import (
+    PARAMETER_DTYPES,
+    autocast,
+    configure_threads,
+    loss_precision,
+)
 from tuner.core.inference import OVERLAP, windows
 from tuner.core.losses import get_loss
 from tuner.core.metrics import SegmentationMetrics
@@ -107,8 +112,19 @@ class TrialCost:
 def measure_trial(
     config: TrainConfig, data: DataShape, device: torch.device, budget_s: float = 3.0
 ) -> TrialCost:
-    """Time `config`'s trial on `device` (see the module docstring); each timing repeats while
-    it fits in `budget_s`, at least twice after a warm-up."""
+    """Time `config`'s trial on `device` (see the module docstring), with the trial's thread
+    count; each timing repeats while it fits in `budget_s`, at least twice after a warm-up."""
+    threads = torch.get_num_threads()
+    configure_threads(config.threads)
+    try:
+        return _measure(config, data, device, budget_s)
+    finally:
+        torch.set_num_threads(threads)
+        if device.type == "cuda":  # give the timed model's memory back to the workers
+            torch.cuda.empty_cache()
+
+
+def _measure(config: TrainConfig, data: DataShape, device: torch.device, budget_s: float):
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)

@@ -37,8 +37,8 @@ def autocast(device: torch.device):
 
 def precision_name(device: torch.device, dtype: torch.dtype = torch.float32) -> str:
     """What `autocast` computes in on this device, for cache keys and records."""
-    if device.type == "cuda":
-        return "cuda-bf16"
+    if device.type == "cuda":  # bf16 autocast, but a float64 model's residuals stay float64
+        return "cuda-bf16" + ("-fp64" if dtype == torch.float64 else "")
     return f"{device.type}-{'fp64' if dtype == torch.float64 else 'fp32'}"
 
 

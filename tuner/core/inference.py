@@ -163,7 +163,7 @@ def architecture_latency_ms(
     process. Speed does not depend on the weights, and one measurement of vit_b at 512 on 2 CPU
     cores took 20 s, more than a cached trial's training; `as_deployed` runs only on a miss."""
     shapes = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
-    key = (shapes, tuple(crop), str(device), torch.get_num_threads())
+    key = (shapes, tuple(crop), str(device), placement(model)[1], torch.get_num_threads())
     if key not in _MEASURED_MS:
         deployed = as_deployed(model) if as_deployed is not None else model
         _MEASURED_MS[key] = latency_ms(deployed, crop, device)

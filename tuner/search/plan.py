@@ -236,7 +236,8 @@ def plan_study(
     trials = [PlannedTrial(c, costs[cost_signature(c)]) for c in configs]
     trials += [PlannedTrial(c, costs[cost_signature(c)], confirmation=True) for c in confirmations]
 
-    cache = chosen or choose_cache_plan(trials, data, limit)
+    searched = {param.name for param in space.params}
+    cache = chosen or choose_cache_plan(trials, data, limit, searched)
     planned = [dataclasses.replace(t, config=cache.apply(t.config)) for t in trials]
     outcomes, held = simulate([reads_of(t, data) for t in planned], limit)
     unlimited, needed = simulate([reads_of(t, data) for t in planned], 2**62)
@@ -338,7 +339,8 @@ def reads_of(trial: PlannedTrial, data: DataShape) -> list[Read]:
     reads = []
     for epoch in range(config.epochs):
         view = view_number(epoch, config.aug_views)
-        reads.append(Read(train_key, view, data.train_images, entry))
+        read = data.train_images // config.batch_size * config.batch_size  # drop_last
+        reads.append(Read(train_key, view, read, entry))
         reads.append(Read(val_key, "windows", windows, entry))
     return reads
 
@@ -373,18 +375,26 @@ def _train_sets(trial: PlannedTrial) -> list[str]:
     return [k for k in trial.outcome.misses_by_set if k.startswith("train:")]
 
 
-def choose_cache_plan(trials: list[PlannedTrial], data: DataShape, limit: int) -> CachePlan:
+def choose_cache_plan(
+    trials: list[PlannedTrial], data: DataShape, limit: int, searched: set[str] = frozenset()
+) -> CachePlan:
     """The first candidate (most distinct views, then most precise) whose replay hits at
-    least 90 % of an unlimited cache's hits; as configured when that fits."""
+    least 90 % of an unlimited cache's hits; as configured when that fits. A field the space
+    searches (`aug_views`, `cache_dtype`) is the sampler's, never changed here."""
     cached = [t for t in trials if t.cost.prefix_cached]
     if not cached:
         return CachePlan(None, None, "nothing frozen is cached")
     epochs = max(t.config.epochs for t in cached)
     configured = max((t.config.aug_views or t.config.epochs) for t in cached)
     dtypes = [None, "int8"] if any(t.config.cache_dtype != "int8" for t in cached) else [None]
+    if "cache_dtype" in searched:
+        dtypes = [None]
+    views_tried = range(min(configured, epochs), 0, -1)
+    if "aug_views" in searched:
+        views_tried = [configured]
     best: tuple[float, CachePlan] | None = None
     as_configured = None
-    for views in range(min(configured, epochs), 0, -1):
+    for views in views_tried:
         for dtype in dtypes:
             bound = None if views == configured else views
             candidate = CachePlan(bound, dtype, "")

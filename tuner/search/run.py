@@ -31,7 +31,7 @@ from tuner.core.errors import UserError
 from tuner.core.model import resolve_model
 from tuner.core.model.backbone import scratch_variant
 from tuner.search import attrs
-from tuner.search.confirm import enqueue_confirmations, open_confirmation_study
+from tuner.search.confirm import enqueue_confirmations, open_confirmation_study, standings
 from tuner.search.objective import TrialRunner
 from tuner.search.plan import CachePlan, StudyPlan, plan_study
 from tuner.search.preflight import preflight
@@ -145,14 +145,15 @@ def project(
         overrides["model"] = resolve_model(TrainConfig(sam_checkpoint=options.checkpoint)).model
     if options.from_scratch:
         overrides["model"] = _scratch_model(space)
-    for key, value in (("device", options.device), ("threads", options.threads)):
+    threads = options.threads or (max(1, cpu_count() // options.jobs) if options.jobs > 1 else None)
+    for key, value in (("device", options.device), ("threads", threads)):
         if value is not None:
             overrides[key] = value
     if assume is not None:
         data = DataShape.assumed(*assume, size=assume_size)
     else:
         root = options.data_root or str(synth.embedded(paths.data_dir(), space.synthetic))
-        fixed = TrainConfig.from_dict(space.fixed, source=space.source)
+        fixed = TrainConfig.from_dict({**space.fixed, **overrides}, source=space.source)
         data = DataShape.of(Path(root), fixed.train_limit, fixed.val_limit)
     return plan_study(
         space,
@@ -326,10 +327,15 @@ def trial_runner(plan: WorkerPlan, study: optuna.Study, prefix: str) -> TrialRun
 def optimize(study: optuna.Study, runner: TrialRunner, callbacks=(), **kwargs) -> None:
     """study.optimize, where Ctrl-C queues the interrupted trial again with the same params,
     and the weights of trials outside the best `keep_checkpoints` are dropped as trials end."""
-    keep = KeepBestCheckpoints(runner.space.keep_checkpoints, runner.artifact_store)
+    callbacks = list(callbacks)
+    confirmed_later = runner.space.confirm is not None and (
+        attrs.CONFIRMS_STUDY not in study.user_attrs
+    )
+    if not confirmed_later:  # with confirmations, the best K are known only after them
+        callbacks.append(KeepBestCheckpoints(runner.space.keep_checkpoints, runner.artifact_store))
     try:
         study.optimize(
-            runner, catch=(Exception,), gc_after_trial=True, callbacks=[*callbacks, keep], **kwargs
+            runner, catch=(Exception,), gc_after_trial=True, callbacks=callbacks, **kwargs
         )
     except KeyboardInterrupt:
         if runner.current is not None:
@@ -354,6 +360,9 @@ def run_confirmations(plan: WorkerPlan) -> None:
             f"{confirm.study_name!r}"
         )
         optimize(confirm, runner, n_trials=waiting)
+    # Now the ranking is by the mean over seeds: keep the weights of its best K.
+    ranked = [standing.trial for standing in standings(study)]
+    KeepBestCheckpoints(space.keep_checkpoints, runner.artifact_store).prune(study, ranked)
 
 
 def sampler_seed(base: int, trials_so_far: int, index: int, machine_shared: bool) -> int:

@@ -52,7 +52,7 @@ class Codec:
         scale = exact.half()
         # Rounded up, never down, so that |x| / scale <= 127 and no value is clipped.
         low = scale.float() < exact
-        scale = torch.where(low, torch.nextafter(scale, torch.full_like(scale, 1.0)), scale)
+        scale = torch.where(low, torch.nextafter(scale, torch.full_like(scale, torch.inf)), scale)
         q = torch.round(x / scale.float()).clamp(-127, 127).to(torch.int8)
         return torch.cat([q, scale.view(torch.int8)], dim=-1).contiguous().numpy()
 

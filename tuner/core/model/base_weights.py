@@ -93,12 +93,10 @@ def seeded_sha256(model: str, seed: int) -> str:
     before building)."""
     from tuner.core.model.backbone import build_sam
 
-    state = torch.random.get_rng_state()
-    try:
+    devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):  # every generator restored afterwards
         torch.manual_seed(seed)
         return fingerprint_tensors(build_sam(model).state_dict())
-    finally:
-        torch.random.set_rng_state(state)
 
 
 @functools.lru_cache(maxsize=8)

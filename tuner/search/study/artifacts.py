@@ -62,9 +62,15 @@ class KeepBestCheckpoints:
         self.keep, self.store = keep, store
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self.keep is None or trial.state != TrialState.COMPLETE:
+        if trial.state == TrialState.COMPLETE:
+            self.prune(study)
+
+    def prune(self, study: optuna.Study, ranked: list[FrozenTrial] | None = None) -> None:
+        """Drop the weights outside the best `keep`; `ranked` (best first) replaces the
+        ranking by each trial's own value, e.g. by the mean over confirmation seeds."""
+        if self.keep is None:
             return
-        for dropped, reason in self.outside(study):
+        for dropped, reason in self.outside(study, ranked):
             key = f"{attrs.CHECKPOINT_DROPPED}{dropped.number}"
             if key in study.user_attrs:
                 continue
@@ -72,7 +78,9 @@ class KeepBestCheckpoints:
                 self.store.remove(dropped.user_attrs[attrs.CHECKPOINT])
             study.set_user_attr(key, reason)
 
-    def outside(self, study: optuna.Study) -> list[tuple[FrozenTrial, str]]:
+    def outside(
+        self, study: optuna.Study, ranked: list[FrozenTrial] | None = None
+    ) -> list[tuple[FrozenTrial, str]]:
         """(trial, reason) for each completed trial with weights that the rule drops."""
         done = [
             t
@@ -82,7 +90,10 @@ class KeepBestCheckpoints:
         if len(study.directions) > 1:
             front = {t.number for t in study.best_trials}
             return [(t, "not on the Pareto front") for t in done if t.number not in front]
+        reason = f"outside the best {self.keep} (keep_checkpoints: {self.keep})"
+        if ranked is not None:
+            kept = {t.number for t in ranked[: self.keep]}
+            return [(t, reason) for t in done if t.number not in kept]
         sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
         ranked = sorted(done, key=lambda t: (sign * t.value, t.number))
-        reason = f"outside the best {self.keep} (keep_checkpoints: {self.keep})"
         return [(t, reason) for t in ranked[self.keep :]]
