@@ -119,6 +119,7 @@ class StudyPlan:
     keep_checkpoints: int | None
     enumerated: str  # how the trials were enumerated
     warnings: list[str] = field(default_factory=list)
+    pareto: bool = False  # several objectives: the Pareto front keeps its weights, not K
 
     @property
     def seconds(self) -> float:
@@ -195,8 +196,12 @@ class StudyPlan:
             f"  checkpoints: {_bytes(max(c.checkpoint_bytes for c in costs))} per trial at most "
             f"(the whole model: {_bytes(max(c.whole_model_bytes for c in costs))}), "
             f"{_bytes(self.written_checkpoint_bytes(False) + self.written_checkpoint_bytes(True))}"
-            f" written over the study, at most {_bytes(self.checkpoint_bytes)} kept"
-            + (f" (the best {keep})" if keep else " (every trial)")
+            + (
+                " written over the study; the Pareto front keeps its weights"
+                if self.pareto and keep
+                else f" written over the study, at most {_bytes(self.checkpoint_bytes)} kept"
+                + (f" (the best {keep})" if keep else " (every trial)")
+            )
         )
         out.append(f"  peak memory: {_bytes(peak.peak_memory_bytes)} ({peak.peak_memory_kind})")
         out += [f"  warning: {w}" for w in self.warnings]
@@ -256,6 +261,7 @@ def plan_study(
         cache_bytes_held=held,
         keep_checkpoints=space.keep_checkpoints,
         enumerated=how,
+        pareto=space.multi_objective,
     )
     plan.warnings = warnings(plan, unlimited, outcomes)
     return plan
