@@ -22,6 +22,7 @@ micro-batch:
 
 from __future__ import annotations
 
+import itertools
 import math
 import resource
 import tempfile
@@ -142,8 +143,7 @@ def _measure(config: TrainConfig, data: DataShape, device: torch.device, budget_
     cached = config.cache != "off" and model.prefix_depth > 0
     prefix_seconds, inputs, shape = 0.0, images, None
     if model.prefix_depth > 0:
-        prefix = _timed(lambda: _sync(model.frozen_prefix(images[:1]), cuda), budget_s)
-        prefix_seconds = prefix[0]
+        prefix_seconds = _timed(lambda: _sync(model.frozen_prefix(images[:1]), cuda), budget_s)
         with autocast(device):
             inputs = model.frozen_prefix(images).to(dtype)
         shape = tuple(inputs.shape[1:])
@@ -161,10 +161,10 @@ def _measure(config: TrainConfig, data: DataShape, device: torch.device, budget_
         optimizer.zero_grad(set_to_none=True)
         _sync(None, cuda)
 
-    step_seconds = _timed(step, budget_s)[0] * math.ceil(config.batch_size / micro)
+    step_seconds = _timed(step, budget_s) * math.ceil(config.batch_size / micro)
     model.eval()
     with torch.no_grad():
-        window = _timed(lambda: _sync(forward(inputs[:1], *args), cuda), budget_s)[0]
+        window = _timed(lambda: _sync(forward(inputs[:1], *args), cuda), budget_s)
     window_seconds = window if cached else window + prefix_seconds  # a miss runs the prefix
     io_seconds = entry_io_seconds(config, shape, budget_s) if cached else (0.0, 0.0)
     if cuda:
@@ -230,11 +230,9 @@ def _per_training_image(data: DataShape, budget_s: float, read: str, use, stand_
     dataset's `read` method where they are here, else on `stand_in` (decoding not counted)."""
     if data.root is not None and data.train_images:
         dataset = CityscapesDataset(data.root, "train", limit=3)
-        order = iter(range(10**9))
-        return _timed(
-            lambda: use(getattr(dataset, read)(next(order) % len(dataset))), budget_s / 3
-        )[0]
-    return _timed(lambda: use(stand_in), budget_s / 3)[0]
+        order = itertools.count()
+        return _timed(lambda: use(getattr(dataset, read)(next(order) % len(dataset))), budget_s / 3)
+    return _timed(lambda: use(stand_in), budget_s / 3)
 
 
 def val_image_seconds(config: TrainConfig, data: DataShape, budget_s: float) -> float:
@@ -244,10 +242,10 @@ def val_image_seconds(config: TrainConfig, data: DataShape, budget_s: float) -> 
     metrics = SegmentationMetrics(boundary_tolerance=config.boundary_tolerance)
     pred = torch.randint(0, 19, (1, *size))
     target = torch.randint(0, 19, (1, *size))
-    seconds = _timed(lambda: metrics.update(pred, target), budget_s / 3)[0]
+    seconds = _timed(lambda: metrics.update(pred, target), budget_s / 3)
     if data.root is not None and data.val_sizes:
         dataset = EvalSet(CityscapesDataset(data.root, "val", limit=1))
-        seconds += _timed(lambda: dataset[0], budget_s / 3)[0]
+        seconds += _timed(lambda: dataset[0], budget_s / 3)
     return seconds
 
 
@@ -258,15 +256,15 @@ def entry_io_seconds(
     scratch folder."""
     features = torch.randn(shape)
     with tempfile.TemporaryDirectory(prefix="tuner-cost-") as folder:
-        store = FeatureSet(Path(folder), config.cache_dtype, budget=2**62)
-        counter = iter(range(10**9))
-        write = _timed(lambda: store.put(f"e{next(counter)}", features), budget_s / 3)[0]
-        read = _timed(lambda: store.get("e0"), budget_s / 3)[0]
+        store = FeatureSet(Path(folder), config.cache_dtype, budget=2**62)  # no limit here
+        counter = itertools.count()
+        write = _timed(lambda: store.put(f"e{next(counter)}", features), budget_s / 3)
+        read = _timed(lambda: store.get("e0"), budget_s / 3)
     return read, write
 
 
-def _timed(fn: Callable[[], object], budget_s: float) -> tuple[float, int]:
-    """(median seconds, repeats) after one warm-up: at least 2 repeats, more while they fit."""
+def _timed(fn: Callable[[], object], budget_s: float) -> float:
+    """Median seconds of `fn` after one warm-up: at least 2 repeats, more while they fit."""
     start = time.perf_counter()
     fn()
     first = time.perf_counter() - start
@@ -276,7 +274,7 @@ def _timed(fn: Callable[[], object], budget_s: float) -> tuple[float, int]:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return float(np.median(times)), repeats
+    return float(np.median(times))
 
 
 def _sync(value, cuda: bool):

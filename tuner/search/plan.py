@@ -39,6 +39,7 @@ from tuner.search.space import SearchSpace
 
 RANDOM_DRAWS = 10  # trials planned for a space with no budget (a timeout, or none)
 GOOD_ENOUGH = 0.9  # of the hits an unlimited cache would give
+UNLIMITED = 2**62  # a cache limit that nothing reaches
 # Fields that change what a trial costs; the others (lr, seed, ...) change only its result.
 COST_FIELDS = (
     "model",
@@ -75,9 +76,8 @@ class CachePlan:
     def apply(self, config: TrainConfig) -> TrainConfig:
         """The trial's config under this plan. Only trials that cache a frozen prefix (frozen
         blocks, no adapter on them, cache on) change."""
-        if not self.changes or config.cache == "off" or config.freeze_depth == 0:
-            return config
-        if config.adapter != "none":
+        caches = config.cache != "off" and config.freeze_depth > 0 and config.adapter == "none"
+        if not (self.changes and caches):
             return config
         changes: dict[str, Any] = {}
         if self.cache_dtype is not None:
@@ -243,10 +243,8 @@ def plan_study(
 
     searched = {param.name for param in space.params}
     cache = chosen or choose_cache_plan(trials, data, limit, searched)
-    planned = [dataclasses.replace(t, config=cache.apply(t.config)) for t in trials]
-    outcomes, held = simulate([reads_of(t, data) for t in planned], limit)
-    unlimited, needed = simulate([reads_of(t, data) for t in planned], 2**62)
-    for trial, outcome in zip(planned, outcomes):
+    replayed = replay(cache, trials, data, limit)
+    for trial, outcome in zip(replayed.trials, replayed.limited):
         trial.outcome = outcome if trial.cost.prefix_cached else None
         trial.seconds = trial_seconds(trial, data)
     plan = StudyPlan(
@@ -255,15 +253,15 @@ def plan_study(
         data=data,
         limit=limit,
         jobs=jobs,
-        trials=planned,
+        trials=replayed.trials,
         cache=cache,
-        cache_bytes_needed=needed,
-        cache_bytes_held=held,
+        cache_bytes_needed=replayed.needed,
+        cache_bytes_held=replayed.held,
         keep_checkpoints=space.keep_checkpoints,
         enumerated=how,
         pareto=space.multi_objective,
     )
-    plan.warnings = warnings(plan, unlimited, outcomes)
+    plan.warnings = warnings(plan, replayed)
     return plan
 
 
@@ -404,7 +402,8 @@ def choose_cache_plan(
         for dtype in dtypes:
             bound = None if views == configured else views
             candidate = CachePlan(bound, dtype, "")
-            ratio, stored = _replay(candidate, trials, data, limit)
+            replayed = replay(candidate, trials, data, limit)
+            ratio, stored = replayed.ratio, replayed.needed
             as_configured = ratio if as_configured is None else as_configured
             if ratio >= GOOD_ENOUGH:
                 reason = _reason(candidate, stored, limit, ratio, as_configured)
@@ -419,16 +418,29 @@ def choose_cache_plan(
     )
 
 
-def _replay(
-    candidate: CachePlan, trials: list[PlannedTrial], data: DataShape, limit: int
-) -> tuple[float, int]:
-    """(hits under the limit / hits of an unlimited cache, bytes an unlimited cache holds)."""
-    planned = [dataclasses.replace(t, config=candidate.apply(t.config)) for t in trials]
+@dataclass
+class Replay:
+    """A cache plan applied to the trials, replayed under the limit and without one."""
+
+    trials: list[PlannedTrial]  # each with its config under the plan
+    limited: list[TrialOutcome]
+    held: int  # bytes the limited cache holds at the end
+    unlimited: list[TrialOutcome]
+    needed: int  # bytes an unlimited cache holds at the end
+
+    @property
+    def ratio(self) -> float:
+        """Hits under the limit over an unlimited cache's hits (1 when there are none)."""
+        ideal = sum(o.hits for o in self.unlimited)
+        return sum(o.hits for o in self.limited) / ideal if ideal else 1.0
+
+
+def replay(cache: CachePlan, trials: list[PlannedTrial], data: DataShape, limit: int) -> Replay:
+    planned = [dataclasses.replace(t, config=cache.apply(t.config)) for t in trials]
     reads = [reads_of(t, data) for t in planned]
-    limited, _ = simulate(reads, limit)
-    unlimited, held = simulate(reads, 2**62)
-    ideal = sum(o.hits for o in unlimited)
-    return (sum(o.hits for o in limited) / ideal if ideal else 1.0), held
+    limited, held = simulate(reads, limit)
+    unlimited, needed = simulate(reads, UNLIMITED)
+    return Replay(planned, limited, held, unlimited, needed)
 
 
 def _reason(
@@ -448,14 +460,12 @@ def _reason(
     )
 
 
-def warnings(plan: StudyPlan, unlimited: list[TrialOutcome], limited) -> list[str]:
+def warnings(plan: StudyPlan, replayed: Replay) -> list[str]:
     """One line for each thing that will not fit."""
     out = []
-    ideal = sum(o.hits for o in unlimited)
-    got = sum(o.hits for o in limited)
-    if ideal and got < GOOD_ENOUGH * ideal:
+    if replayed.ratio < GOOD_ENOUGH:
         out.append(
-            f"the feature cache will serve {got / ideal:.0%} of the hits an unlimited one "
+            f"the feature cache will serve {replayed.ratio:.0%} of the hits an unlimited one "
             f"would: raise --cache-limit above {_bytes(plan.cache_bytes_needed)}"
         )
     if plan.device.startswith("cuda"):

@@ -96,14 +96,8 @@ def plan(options: RunOptions) -> list[WorkerPlan]:
     the study is created or a trial runs."""
     space = load_run_space(options)
     FeatureCache.at(paths.cache_dir(), options.cache_limit)  # a bad --cache-limit is an error now
-    model = None
-    if options.checkpoint and options.from_scratch:
-        raise UserError("--checkpoint and --from-scratch exclude each other")
-    if options.checkpoint:
-        model = resolve_model(TrainConfig(sam_checkpoint=options.checkpoint)).model
-    if options.from_scratch:
-        model = _scratch_model(space)
-    data_root = options.data_root or str(synth.embedded(paths.data_dir(), space.synthetic))
+    model = _run_model(options, space)
+    data_root = _data_root(options, space)
     preflight(space, Path(data_root))
     storage = open_storage(options.storage)
     study = open_study(space, storage, options.artifacts)
@@ -116,7 +110,7 @@ def plan(options: RunOptions) -> list[WorkerPlan]:
     if jobs < 1 or (options.threads is not None and options.threads < 1):
         raise UserError("--jobs and --threads must be at least 1")
     devices = _worker_devices(options.device, jobs)
-    threads = options.threads or (max(1, cpu_count() // jobs) if jobs > 1 else None)
+    threads = _worker_threads(options)
     return [
         WorkerPlan(options, space, data_root, budget, i, devices[i], threads, model)
         for i in range(jobs)
@@ -140,21 +134,18 @@ def project(
                 f"--set {key}: unknown key; expected one of {', '.join(TrainConfig.field_names())}"
             )
     overrides = {k: coerce_field(k, v, "--set") for k, v in (settings or {}).items()}
-    if options.checkpoint:
-        overrides["sam_checkpoint"] = options.checkpoint
-        overrides["model"] = resolve_model(TrainConfig(sam_checkpoint=options.checkpoint)).model
-    if options.from_scratch:
-        overrides["model"] = _scratch_model(space)
-    threads = options.threads or (max(1, cpu_count() // options.jobs) if options.jobs > 1 else None)
-    for key, value in (("device", options.device), ("threads", threads)):
-        if value is not None:
-            overrides[key] = value
+    run_values = {
+        "sam_checkpoint": options.checkpoint,
+        "model": _run_model(options, space),
+        "device": options.device,
+        "threads": _worker_threads(options),
+    }
+    overrides |= {k: v for k, v in run_values.items() if v is not None}
     if assume is not None:
         data = DataShape.assumed(*assume, size=assume_size)
     else:
-        root = options.data_root or str(synth.embedded(paths.data_dir(), space.synthetic))
         fixed = TrainConfig.from_dict({**space.fixed, **overrides}, source=space.source)
-        data = DataShape.of(Path(root), fixed.train_limit, fixed.val_limit)
+        data = DataShape.of(Path(_data_root(options, space)), fixed.train_limit, fixed.val_limit)
     return plan_study(
         space,
         data,
@@ -165,6 +156,28 @@ def project(
         budget=options.trials,
         log=log,
     )
+
+
+def _run_model(options: RunOptions, space: SearchSpace) -> str | None:
+    """The model every trial uses by this run's flags: --checkpoint's variant (read from its
+    tensor shapes), --from-scratch's random-weights variant, or None (the space's own)."""
+    if options.checkpoint and options.from_scratch:
+        raise UserError("--checkpoint and --from-scratch exclude each other")
+    if options.checkpoint:
+        return resolve_model(TrainConfig(sam_checkpoint=options.checkpoint)).model
+    if options.from_scratch:
+        return _scratch_model(space)
+    return None
+
+
+def _data_root(options: RunOptions, space: SearchSpace) -> str:
+    """--data, else the space's embedded synthetic set (built once)."""
+    return options.data_root or str(synth.embedded(paths.data_dir(), space.synthetic))
+
+
+def _worker_threads(options: RunOptions) -> int | None:
+    """--threads, else the cores shared out among --jobs workers (None: all, for one)."""
+    return options.threads or (max(1, cpu_count() // options.jobs) if options.jobs > 1 else None)
 
 
 def _scratch_model(space: SearchSpace) -> str:

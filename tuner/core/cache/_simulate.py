@@ -34,8 +34,6 @@ class Read:
 class TrialOutcome:
     hits: int = 0
     misses: int = 0
-    stored_bytes: int = 0
-    hits_by_set: dict[str, int] | None = None
     misses_by_set: dict[str, int] | None = None
 
     @property
@@ -44,7 +42,7 @@ class TrialOutcome:
 
 
 def simulate(trials: list[list[Read]], limit: int) -> tuple[list[TrialOutcome], int]:
-    """Each trial's hits, misses and stored bytes, run one after another on an empty cache,
+    """Each trial's hits and misses, run one after another on an empty cache,
     and the bytes the cache holds at the end."""
     stored: dict[tuple[str, object], int] = {}  # (set, group) -> entries stored
     set_bytes: dict[str, int] = {}
@@ -56,13 +54,12 @@ def simulate(trials: list[list[Read]], limit: int) -> tuple[list[TrialOutcome], 
             last_used[key] = clock
             set_bytes.setdefault(key, 0)
         full: set[str] = set()
-        outcome = TrialOutcome(hits_by_set={}, misses_by_set={})
+        outcome = TrialOutcome(misses_by_set={})
         for read in reads:
             have = min(stored.get((read.set_key, read.group), 0), read.count)
             missing = read.count - have
             outcome.hits += have
             outcome.misses += missing
-            outcome.hits_by_set[read.set_key] = outcome.hits_by_set.get(read.set_key, 0) + have
             outcome.misses_by_set[read.set_key] = (
                 outcome.misses_by_set.get(read.set_key, 0) + missing
             )
@@ -75,7 +72,6 @@ def simulate(trials: list[list[Read]], limit: int) -> tuple[list[TrialOutcome], 
                 full.add(read.set_key)
             stored[(read.set_key, read.group)] = have + fits
             set_bytes[read.set_key] += fits * read.entry_bytes
-            outcome.stored_bytes += fits * read.entry_bytes
         outcomes.append(outcome)
     return outcomes, sum(set_bytes.values())
 
