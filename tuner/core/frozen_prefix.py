@@ -12,7 +12,8 @@ device's precision, the storage dtype, torch's version and this module's format 
 Features pass through the storage dtype even on a miss, so a trial's result does not depend on
 whether its features were computed or read. float16 halves the size, int8 (per-token scales)
 halves it again; bench/README.md measures what each changes. Which views and which dtype a
-study stores, when its features would not fit the cache's limit, is `tuner.core.plan`'s choice.
+study stores, when its features would not fit the cache's limit, is the plan's choice
+(`tuner plan`, before a study's first trial).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tuner.core.errors import CheckpointError, StudyError
 from tuner.search import attrs
+from tuner.search.study.inspect import ranked_trials
 from tuner.search.study.storage import artifact_store_for
 
 
@@ -91,9 +92,7 @@ class KeepBestCheckpoints:
             front = {t.number for t in study.best_trials}
             return [(t, "not on the Pareto front") for t in done if t.number not in front]
         reason = f"outside the best {self.keep} (keep_checkpoints: {self.keep})"
-        if ranked is not None:
-            kept = {t.number for t in ranked[: self.keep]}
-            return [(t, reason) for t in done if t.number not in kept]
-        sign = -1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else 1
-        ranked = sorted(done, key=lambda t: (sign * t.value, t.number))
-        return [(t, reason) for t in ranked[self.keep :]]
+        with_weights = {t.number for t in done}
+        order = ranked if ranked is not None else ranked_trials(study)  # own values
+        best = [t.number for t in order if t.number in with_weights][: self.keep]
+        return [(t, reason) for t in done if t.number not in best]
