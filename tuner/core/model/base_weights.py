@@ -113,19 +113,22 @@ def base_shapes(model: str) -> dict[str, tuple[int, ...]]:
     }
 
 
-def from_base(model: Segmenter, model_name: str) -> set[str]:
-    """State-dict keys of `model` whose tensors are the base's, untouched: frozen encoder
-    parameters with the base's name and shape."""
+def from_base(
+    model: Segmenter, model_name: str, state: dict[str, torch.Tensor] | None = None
+) -> set[str]:
+    """State-dict keys of `model` (whose `state` a caller may already hold) whose tensors are
+    the base's, untouched: frozen encoder parameters with the base's name and shape."""
     shapes = base_shapes(model_name)
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     return {
         name
-        for name, tensor in model.state_dict().items()
+        for name, tensor in (state if state is not None else model.state_dict()).items()
         if name in frozen and shapes.get(_WRAPPED.sub("", name)) == tuple(tensor.shape)
     }
 
 
 def delta_state(model: Segmenter, model_name: str) -> dict[str, torch.Tensor]:
     """The state-dict entries a checkpoint must hold: all but `from_base`'s."""
-    shared = from_base(model, model_name)
-    return {name: t for name, t in model.state_dict().items() if name not in shared}
+    state = model.state_dict()
+    shared = from_base(model, model_name, state)
+    return {name: t for name, t in state.items() if name not in shared}
