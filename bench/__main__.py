@@ -1,4 +1,6 @@
-"""python -m bench NAME [--quick] [--scale] [--device cpu|cuda] [--out FILE]"""
+"""python -m bench NAME [--quick] [--scale] [--device cpu|cuda] [--out FILE]
+
+Stdout is one JSON document and nothing else: whatever a benchmark prints goes to stderr."""
 
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         "--device", default="cpu", choices=("cpu", "cuda"), help="for train_step, attention and gpu"
     )
     args = parser.parse_args(argv)
+    from bench.common import stdout_to_stderr
+
     module = importlib.import_module(f"bench.{args.name}")
     options = {"quick": args.quick}
     if "device" in inspect.signature(module.run).parameters:
@@ -47,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         options["scale"] = args.scale
     elif args.scale:
         parser.error(f"{args.name} has no --scale")
-    result = {"benchmark": args.name, **options, **module.run(**options)}
+    with stdout_to_stderr():
+        result = {"benchmark": args.name, **options, **module.run(**options)}
     text = json.dumps(result, indent=2, default=str)
     print(text)
     if args.out:

@@ -12,8 +12,6 @@ saved files. Every table carries the CPU's instruction sets: INT8 speed depends 
 
 from __future__ import annotations
 
-import gzip
-import io
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +36,7 @@ from tuner.deploy.quantize._inc import (
     calibration_windows,
     quantize_model,
 )
-from tuner.deploy.quantize._measure import folder_size, median_latency_ms
+from tuner.deploy.quantize._measure import median_latency_ms, tensor_bytes
 from tuner.deploy.quantize._store import save_quantized
 
 
@@ -59,33 +57,19 @@ def torchao_static(model: torch.nn.Module, crop, windows) -> torch.nn.Module:
     return convert_pt2e(prepared, fold_quantize=True)
 
 
-def exported_size(model, crop, folder: Path) -> int:
-    """Bytes of a folded PT2E model saved as tuner saves one (gzipped torch.export archive)."""
-    program = torch.export.export(model, (torch.randn(2, 3, *crop),))
-    program._example_inputs = None
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    path = folder / "model.pt2.gz"
-    path.write_bytes(gzip.compress(buffer.getvalue(), 6))
-    return path.stat().st_size
-
-
 def candidates(model, crop, windows, tmp: Path) -> list[tuple[str, object, int, bool]]:
-    """(name, model, saved bytes, compiled) for every row, FP32 first."""
-    torch.save(model.state_dict(), tmp / "fp32.pt")
-    fp32_size = (tmp / "fp32.pt").stat().st_size
+    """(name, model, tensor bytes, compiled) for every row, FP32 first: sizes counted alike
+    (`tensor_bytes`, uncompressed), so that a ratio shows quantization and not gzip."""
+    fp32_size = tensor_bytes(model)
     rows = [("fp32", model, fp32_size, False), ("fp32", torch.compile(model), fp32_size, True)]
     for method in ("static", "dynamic", "weight_only"):
         quantized, example = quantize_model(method, model, crop, windows)
         save_quantized(quantized, method, example, tmp / method)
         compiled = method != "weight_only"
         runnable = torch.compile(quantized) if compiled else quantized
-        rows.append((f"inc {method}", runnable, folder_size(tmp / method), compiled))
+        rows.append((f"inc {method}", runnable, tensor_bytes(quantized), compiled))
     peer = torchao_static(model, crop, windows)
-    (tmp / "ao").mkdir()
-    rows.append(
-        ("torchao static", torch.compile(peer), exported_size(peer, crop, tmp / "ao"), True)
-    )
+    rows.append(("torchao static", torch.compile(peer), tensor_bytes(peer), True))
     return rows
 
 
@@ -162,10 +146,13 @@ def vit_b(size: int, tmp: Path) -> dict:
     return {"size": size, "results": finish(rows)}
 
 
+SIZE_BASIS = "size_bytes: bytes of the tensors each model holds, uncompressed, for every row"
+
+
 def run(quick: bool = False) -> dict:
     _quiet_inc()
     _configure_inductor()
-    result = {"machine": machine(), "isa": isa_summary()}
+    result = {"machine": machine(), "isa": isa_summary(), "size_basis": SIZE_BASIS}
     with scratch_home(), tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "tiny").mkdir()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -52,7 +54,7 @@ def test_benchmark_prints_json(name, tmp_path):
         timeout=600,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    printed = json.loads(completed.stdout[completed.stdout.index("{") :])
+    printed = json.loads(completed.stdout)  # the whole stdout is one JSON document
     assert printed == json.loads(out.read_text())
     assert printed["benchmark"] == name and printed["quick"] is True
     assert EXPECTED_KEYS[name] <= printed.keys()
@@ -70,7 +72,7 @@ def test_gpu_benchmark_runs_on_the_cpu_in_quick_mode_only():
     assert refused.returncode != 0 and "CUDA machine" in refused.stderr
     completed = bench_gpu("--quick")
     assert completed.returncode == 0, completed.stderr[-3000:]
-    printed = json.loads(completed.stdout[completed.stdout.index("{") :])
+    printed = json.loads(completed.stdout)
     step = printed["train_step"]
     assert step["compile_off"]["images_per_second"] > 0 and "skipped" in step["compile_on"]
     assert step["meets_targets"] is None  # the targets are an H200's
@@ -82,3 +84,26 @@ def test_gpu_benchmark_runs_on_the_cpu_in_quick_mode_only():
     (lora,) = printed["lora_trial"]["trials"]
     assert lora["fit_seconds"] > 0 and lora["trainable_params"] > 0 and lora["latency_ms"] > 0
     assert printed["smoke_study"]["complete_trials"] >= 1
+
+
+def test_what_a_benchmark_prints_goes_to_stderr_and_stdout_is_one_json(capfd, monkeypatch):
+    """Prints, a C-level write to file descriptor 1 and a child process's output all land on
+    stderr; stdout parses whole as the result."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    import bench.__main__ as cli
+
+    def run(quick: bool) -> dict:
+        print("progress: epoch 1")
+        os.write(1, b"a C library writes here\n")
+        subprocess.run([sys.executable, "-c", "print('a child process too')"], check=True)
+        return {"value": 1}
+
+    noisy = types.ModuleType("bench.noisy")
+    noisy.run = run
+    monkeypatch.setitem(sys.modules, "bench.noisy", noisy)
+    monkeypatch.setattr(cli, "NAMES", (*cli.NAMES, "noisy"))
+    assert cli.main(["noisy", "--quick"]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out) == {"benchmark": "noisy", "quick": True, "value": 1}
+    for line in ("progress: epoch 1", "a C library writes here", "a child process too"):
+        assert line in err

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from tuner.core.cache import FeatureCache, fingerprint_tensors, parse_size
+from tuner.core.cache._fingerprint import key_digest
+from tuner.core.cache._folder import KEY_FILE
 from tuner.core.data.cityscapes import CityscapesDataset
 from tuner.core.errors import ConfigError
 from tuner.core.fsutil import fingerprint_files
@@ -68,21 +70,31 @@ def test_fingerprints_follow_content(tmp_path):
 
 
 def test_size_limit_evicts_least_recently_used_sets_but_not_ones_in_use(tmp_path):
-    entry = torch.zeros(256, 256)  # 256 KiB each
-    cache = FeatureCache(tmp_path, limit=700 * 1024)
-    for name in ("old", "newer"):
+    """Sets a, b, c of one entry each, last used c (oldest), a, then b, and c open. A set that
+    needs room evicts a, the least recently used set not in use: not c, not b. A cache with
+    no room at all evicts b too, and still not c."""
+    entry = torch.zeros(256, 256)  # 256 KiB each, with its .npy header
+    cache = FeatureCache(tmp_path, limit=800 * 1024)  # room for three entries, not four
+    folder = {name: tmp_path / key_digest({"set": name}) for name in ("a", "b", "c", "d", "e")}
+    for name in ("a", "b", "c"):
         with cache.open({"set": name}, torch.float32) as store:
-            assert store.put("e", entry)
-        time.sleep(0.02)
-    with cache.open({"set": "in use"}, torch.float32) as busy:
-        assert busy.put("e", entry)  # 3 x 256 KiB > 700 KiB: this opening evicted "old"
-        assert cache.usage().sets == 2
-        with FeatureCache(tmp_path, limit=0).open({"set": "tiny"}, torch.float32) as tiny:
-            assert not tiny.put("e", entry) and tiny.full  # no room, nothing written
-        assert busy.get("e") is not None  # a set in use is never evicted
-    remaining = {p.name for p in tmp_path.iterdir()}
-    assert len(remaining) == 2  # "newer" went with limit=0; "in use" and "tiny" stay
-    assert FeatureCache(tmp_path).usage().entries == 1
+            assert store.put("x", entry)
+
+    def last_used(name: str, seconds_ago: float) -> None:
+        when = time.time() - seconds_ago
+        os.utime(folder[name] / KEY_FILE, (when, when))
+
+    with cache.open({"set": "c"}, torch.float32) as busy:
+        for name, seconds_ago in (("c", 300), ("a", 200), ("b", 100)):
+            last_used(name, seconds_ago)  # set after opening c, which marks it used now
+        with cache.open({"set": "d"}, torch.float32) as store:
+            assert store.put("x", entry)  # 4 x 256 KiB > 800 KiB: one set must go
+            assert set(tmp_path.iterdir()) == {folder["b"], folder["c"], folder["d"]}
+            with FeatureCache(tmp_path, limit=0).open({"set": "e"}, torch.float32) as tiny:
+                assert not tiny.put("x", entry) and tiny.full  # no room, nothing written
+            assert set(tmp_path.iterdir()) == {folder["c"], folder["d"], folder["e"]}
+        assert busy.get("x") is not None  # a set in use is never evicted
+    assert FeatureCache(tmp_path).usage().entries == 2
 
 
 def test_sizes_parse_and_bad_sizes_are_named():
@@ -92,29 +104,47 @@ def test_sizes_parse_and_bad_sizes_are_named():
         parse_size("lots")
 
 
-def _fill(folder, worker, results):
+def _value(worker: int, i: int) -> float:
+    return float(i + 100 * worker)  # entry e<i> as worker `worker` writes it
+
+
+def _whole(tensor: torch.Tensor, i: int) -> bool:
+    """All of one worker's entry e<i>: never a mix of both, nor zeros from a half-written file."""
+    return tensor.unique().tolist() in ([_value(0, i)], [_value(1, i)])
+
+
+def _fill(folder, worker, together, results):
+    torn = []
     with FeatureCache(folder).open({"shared": True}, torch.float32, shape=(64, 64)) as store:
+        together.wait(timeout=300)  # both hold the set open before either writes: they overlap
         for i in range(40):
-            store.put(f"e{i}", torch.full((64, 64), float(i)))
+            store.put(f"e{i}", torch.full((64, 64), _value(worker, i)))
             # Read back what either worker wrote: a whole entry or none, never half of one.
             got = store.get(f"e{(i * 7) % 40}")
-            if got is not None and not torch.all(got == (i * 7) % 40):
-                results.put(f"worker {worker}: torn entry e{(i * 7) % 40}")
-    results.put("ok")
+            if got is not None and not _whole(got, (i * 7) % 40):
+                torn.append(f"e{(i * 7) % 40}")
+        together.wait(timeout=300)  # neither closes the set while the other still writes
+    results.put(f"worker {worker}: torn {torn}" if torn else "ok")
 
 
 def test_two_workers_filling_the_same_set_corrupt_nothing(tmp_path):
+    """Both workers write every entry, each its own values, at the same time (a barrier, not
+    the luck of process start-up, makes them overlap)."""
     context = mp.get_context("spawn")
-    results = context.Queue()
-    workers = [context.Process(target=_fill, args=(tmp_path, w, results)) for w in range(2)]
+    results, together = context.Queue(), context.Barrier(2)
+    workers = [
+        context.Process(target=_fill, args=(tmp_path, w, together, results)) for w in range(2)
+    ]
     for w in workers:
         w.start()
+    said = [results.get(timeout=300) for _ in workers]  # in the order they finish
     for w in workers:
-        w.join(120)
-    assert [results.get(timeout=5) for _ in workers] == ["ok", "ok"]
+        w.join(60)
+    assert said == ["ok", "ok"]
+    assert [w.exitcode for w in workers] == [0, 0]
     with FeatureCache(tmp_path).open({"shared": True}, torch.float32, shape=(64, 64)) as store:
         for i in range(40):
-            assert torch.all(store.get(f"e{i}") == i)
+            assert _whole(store.get(f"e{i}"), i)
     assert not list(tmp_path.rglob("*.tmp"))
 
 

@@ -23,7 +23,7 @@ from tuner.core.model.adapters import TARGETS, LoRALinear, adapter_parameters, m
 from tuner.core.registry import HEADS, LOSSES
 from tuner.core.train import fit
 from tuner.deploy.quantize import load_quantized
-from tuner.report._figures import ABSENT, optuna_figures, with_absent_params
+from tuner.report._optuna_figures import ABSENT, optuna_figures, with_absent_params
 from tuner.search.space import find_space, load_space
 from tuner.search.study import load_existing_study, open_storage
 

@@ -135,11 +135,18 @@ def test_the_decision_prefers_distinct_views_then_precision():
 
 
 def test_the_replay_evicts_the_least_recently_used_set_not_in_use():
-    a = [Read("a", 0, 10, 100)]
-    b = [Read("b", 0, 10, 100)]
-    outcomes, held = simulate([a, b, a, b, b], limit=1000)
-    assert [o.hits for o in outcomes] == [0, 0, 0, 0, 10]  # a evicted b, b evicted a
-    assert held == 1000
+    a, b, c = ([Read(key, 0, 10, 100)] for key in "abc")  # 1000 bytes each
+    # Room for two sets. a is read again after b, so c evicts b, the least recently used, and
+    # not a, as the next reads show (a hits, b misses); b then evicts c, not a.
+    outcomes, held = simulate([a, b, a, c, a, b, a], limit=2000)
+    assert [o.hits for o in outcomes] == [0, 0, 10, 0, 10, 0, 10]
+    assert held == 2000
+    # A set in use stays even where only it could make room: the wide set stores half of
+    # what it reads, and a is still whole in the next trial.
+    wide = Read("wide", 0, 20, 100)
+    outcomes, held = simulate([a, [*a, wide], a], limit=2000)
+    assert [o.hits for o in outcomes] == [0, 10, 10]
+    assert outcomes[1].misses_by_set == {"a": 0, "wide": 20} and held == 2000
 
 
 def test_plan_command_for_data_that_is_not_here(tuner_home):

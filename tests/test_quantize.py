@@ -12,14 +12,17 @@ import yaml
 from click.testing import CliRunner
 
 from tuner.cli import main
+from tuner.core.checkpoint import load_segmenter
 from tuner.core.config import TrainConfig
 from tuner.core.environment import cpu_info
 from tuner.core.errors import CheckpointError
 from tuner.core.model import build_segmenter
+from tuner.core.model.adapters import merge_adapters
 from tuner.deploy.quantize import QuantizeOptions, load_quantized
 from tuner.deploy.quantize._inc import quantize_model
 from tuner.deploy.quantize._store import load_quantized_staging, save_quantized
 from tuner.deploy.trials import quantize_trial
+from tuner.search import attrs
 from tuner.search.study import fetch_checkpoint, load_existing_study, open_storage
 
 pytestmark = pytest.mark.slow
@@ -78,10 +81,13 @@ def test_static_and_dynamic_stay_within_the_default_tolerance(study_home, method
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TUNER_HOME", str(study_home))
         study = load_existing_study("q", open_storage(None))
-    stored = study.user_attrs["quantization"]
+    stored = attrs.record(study, attrs.QUANTIZATION)
     assert stored["chosen"] == f"int8 {method}"
-    artifact = Path(study.user_attrs["artifact_store"]) / stored["extras"]["artifact_id"]
+    artifact = Path(study.user_attrs["artifact_store"]) / stored["output_artifact_id"]
     assert artifact.is_file() and artifact.stat().st_size > 1000
+    assert stored["source_artifact_id"] == study.best_trial.user_attrs["checkpoint_artifact_id"]
+    assert stored["output_artifact_id"] != stored["source_artifact_id"]
+    assert "artifact_id" not in stored["extras"]
 
     # The saved model runs through `tuner predict --model`.
     image = next((study_home / "data").rglob("*_leftImg8bit.png"))
@@ -116,13 +122,11 @@ def test_tolerance_failure_exits_non_zero_and_overwrites_nothing(study_home, tmp
     from tuner.deploy.quantize import _pipeline
 
     def ruined(name, *args, **kwargs):  # every INT8 model scores 0 mIoU
-        row = real_measure(name, *args, **kwargs)
-        if name.startswith("int8"):
-            row.miou = 0.0
-        return row
+        metrics = real_evaluate(name, *args, **kwargs)
+        return {**metrics, "miou": 0.0} if name.startswith("int8") else metrics
 
-    real_measure = _pipeline.measure
-    monkeypatch.setattr(_pipeline, "measure", ruined)
+    real_evaluate = _pipeline._evaluate
+    monkeypatch.setattr(_pipeline, "_evaluate", ruined)
     out = tmp_path / "kept"
     out.mkdir()
     (out / "previous.txt").write_text("an earlier, accepted model")
@@ -142,14 +146,16 @@ def test_a_candidate_over_the_tolerance_falls_back_layer_by_layer(
     from tuner.deploy.quantize import _pipeline
 
     calls = {"n": 0}
-    real_evaluate = _pipeline.evaluate
+    real_evaluate = _pipeline._evaluate
 
-    def gate(model, *args, **kwargs):
-        metrics = real_evaluate(model, *args, **kwargs)
+    def gate(name, *args, **kwargs):
+        metrics = real_evaluate(name, *args, **kwargs)
+        if not name.startswith("int8"):
+            return metrics
         calls["n"] += 1
         return {**metrics, "miou": 0.0} if calls["n"] <= 2 else metrics
 
-    monkeypatch.setattr(_pipeline, "evaluate", gate)
+    monkeypatch.setattr(_pipeline, "_evaluate", gate)
     out = tmp_path / "fallback"
     args = ["best", "--study", "q", "--method", "static", "--out", str(out)]
     result = quantize_cli(study_home, *args)
@@ -159,7 +165,7 @@ def test_a_candidate_over_the_tolerance_falls_back_layer_by_layer(
     assert report["candidates"][0]["kept_fp32"] == ["head", "encoder.neck"]
     # The saved graph quantizes fewer tensors than a full quantization of the same model.
     kept, _ = load_quantized(out)
-    monkeypatch.setattr(_pipeline, "evaluate", real_evaluate)
+    monkeypatch.setattr(_pipeline, "_evaluate", real_evaluate)
     full_out = tmp_path / "full"
     assert quantize_cli(study_home, *args[:-1], str(full_out)).exit_code == 0
     full, _ = load_quantized(full_out)
@@ -251,6 +257,9 @@ def test_auto_keeps_the_fastest_passing_candidate_no_larger_than_fp32():
     assert "int8 g" in reason  # names the faster one it passed over
     clearly_slower_small = row("int8 h", 0.40, 8.0, 20)  # 14 % slower than int8 b: not a tie
     assert choose(fp32, [fast, clearly_slower_small], 1.0)[0] is fast
+    # Sizes within 2 % are one size: the faster of two same-size models is shipped.
+    static, dynamic = row("int8 static", 0.4, 7.0, 30), row("int8 dynamic", 0.4, 7.3, 29.8)
+    assert choose(fp32, [static, dynamic], 1.0)[0] is static
 
 
 def test_missing_study_trial_and_artifact_are_named(study_home):
@@ -287,3 +296,142 @@ def test_quantize_a_checkpoint_file_directly(study_home, tmp_path):
     report = json.loads((out / "comparison.json").read_text())
     assert report["chosen"] == "int8 weight_only"
     assert report["candidates"][0]["size_bytes"] < report["fp32"]["size_bytes"]
+
+
+VNNI = {"avx2": True, "avx512_vnni": True, "amx_int8": False}
+AVX2_ONLY = {"avx2": True, "avx512_vnni": False, "amx_int8": False}
+
+
+def test_auto_defers_the_methods_the_cpu_isa_rules_out_and_a_name_forces_one():
+    from tuner.core.errors import UserError
+    from tuner.deploy.quantize import METHODS, plan_methods
+
+    first, deferred = plan_methods("auto", VNNI)
+    assert first == ["static"]
+    assert set(deferred) == {"dynamic", "weight_only"}
+    assert "VNNI" in deferred["weight_only"] and "static" in deferred["dynamic"]
+    first, deferred = plan_methods("auto", AVX2_ONLY)  # W8A8 gains little: size decides
+    assert first == ["static", "weight_only"] and set(deferred) == {"dynamic"}
+    assert plan_methods("dynamic", VNNI) == (["dynamic"], {})  # named: forced
+    assert plan_methods("weight_only,dynamic", VNNI) == (["weight_only", "dynamic"], {})
+    assert plan_methods("all", VNNI) == (list(METHODS), {})
+    with pytest.raises(UserError, match="nope"):
+        plan_methods("nope", VNNI)
+
+
+def fake_cpu(isa):
+    return {"model": "test CPU", "cores": 2, "isa": isa, "torch_cpu_capability": "AVX512"}
+
+
+def int8_faster(model, *args, **kwargs):
+    """FP32 takes 10 ms, every INT8 graph 5 ms: the ISA's promise, without timing noise."""
+    return 5.0 if isinstance(model, torch.fx.GraphModule) else 10.0
+
+
+def test_comparison_names_its_classes_models_sources_and_counts(study_home, tmp_path, monkeypatch):
+    """comparison.json and quantization.json say what every number is: class names, one name per
+    baseline, the source and output artifacts, when, with what, on how many images, sizes
+    counted alike, measured latencies, and which methods were skipped and why."""
+    import datetime
+    import os
+    import stat
+
+    from tuner.core.data.labels import CLASS_NAMES
+    from tuner.deploy.quantize import _pipeline
+
+    monkeypatch.setattr(_pipeline, "cpu_info", lambda: fake_cpu(VNNI))
+    monkeypatch.setattr(_pipeline, "median_latency_ms", int8_faster)
+    out = tmp_path / "named"
+    old_mask = os.umask(0o022)
+    try:
+        result = quantize_cli(study_home, "best", "--study", "q", "--out", str(out))
+    finally:
+        os.umask(old_mask)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755  # not mkdtemp's 0700
+    assert stat.S_IMODE((out / "comparison.json").stat().st_mode) == 0o644
+    report = json.loads((out / "comparison.json").read_text())
+    meta = json.loads((out / "quantization.json").read_text())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNER_HOME", str(study_home))
+        study = load_existing_study("q", open_storage(None))
+    for stored in (report, meta["report"], attrs.record(study, attrs.QUANTIZATION)):
+        assert list(stored["fp32"]["per_class_iou"]) == list(CLASS_NAMES)
+        assert [b["name"] for b in stored["baselines"]] == ["fp32 eager"]  # --no-compile
+        assert stored["output_dir"] == str(out)  # the final folder, not a deleted staging one
+        assert stored["source_artifact_id"] == study.best_trial.user_attrs["checkpoint_artifact_id"]
+        created = datetime.datetime.fromisoformat(stored["created_utc"])
+        assert created.utcoffset() == datetime.timedelta(0)
+        assert abs(datetime.datetime.now(datetime.UTC) - created).total_seconds() < 3600
+        assert {"python", "torch", "optuna", "sam-tuner", "neural-compressor-pt"} <= set(
+            stored["versions"]
+        )
+        assert stored["val_images"] == 4 and stored["calibration_images"] == 4
+        assert stored["calibration_windows"] >= 4
+        assert "uncompressed" in stored["size_basis"]
+        # Only static ran: on a VNNI CPU the others are dominated once static ships.
+        assert [c["name"] for c in stored["candidates"]] == ["int8 static"]
+        assert [s["name"] for s in stored["skipped"]] == ["int8 dynamic", "int8 weight_only"]
+        assert all(s["reason"] for s in stored["skipped"])
+        for row in [stored["fp32"], *stored["candidates"]]:
+            assert row["latency_basis"].startswith("measured: ")
+            assert row["archive_bytes"] > 0
+    assert (
+        report["output_artifact_id"]
+        == attrs.record(study, attrs.QUANTIZATION)["output_artifact_id"]
+    )
+    assert report["output_artifact_id"] not in (None, report["source_artifact_id"])
+    # Like for like: the int8 tensors are about a quarter of the fp32 ones, gzip or not.
+    fp32, int8 = report["fp32"], report["candidates"][0]
+    assert 0.2 < int8["size_bytes"] / fp32["size_bytes"] < 0.45
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNER_HOME", str(study_home))
+        checkpoint = fetch_checkpoint(study, study.best_trial, tmp_path / "best.pt")
+    model, _ = load_segmenter(checkpoint, "cpu")
+    merge_adapters(model)
+    assert fp32["size_bytes"] == sum(
+        t.numel() * t.element_size() for t in model.state_dict().values()
+    )
+    assert int8["archive_bytes"] == (out / "model" / "model.pt2.gz").stat().st_size
+    assert "skipped int8 dynamic" in result.output
+
+
+def test_auto_runs_the_deferred_methods_when_the_first_ship_nothing(
+    study_home, tmp_path, monkeypatch
+):
+    from tuner.deploy.quantize import _pipeline
+
+    real_evaluate = _pipeline._evaluate
+
+    def static_fails(name, *args, **kwargs):
+        metrics = real_evaluate(name, *args, **kwargs)
+        return {**metrics, "miou": 0.0} if name == "int8 static" else metrics
+
+    monkeypatch.setattr(_pipeline, "cpu_info", lambda: fake_cpu(VNNI))
+    monkeypatch.setattr(_pipeline, "median_latency_ms", int8_faster)
+    monkeypatch.setattr(_pipeline, "_evaluate", static_fails)
+    out = tmp_path / "deferred"
+    args = ["best", "--study", "q", "--out", str(out), "--calib", "4"]
+    result = quantize_cli(study_home, *args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "comparison.json").read_text())
+    names = [c["name"] for c in report["candidates"]]
+    assert names == ["int8 static", "int8 dynamic", "int8 weight_only"]
+    assert report["skipped"] == []
+    assert report["chosen"] == "int8 dynamic"
+
+
+def test_staging_folders_follow_the_umask(tmp_path):
+    import os
+    import stat
+
+    from tuner.core.fsutil import current_umask, staging_dir
+
+    for mask, mode in ((0o022, 0o755), (0o027, 0o750), (0o077, 0o700)):
+        old = os.umask(mask)
+        try:
+            assert current_umask() == mask
+            folder = staging_dir(tmp_path / f"out{mask:o}")
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE(folder.stat().st_mode) == mode

@@ -319,7 +319,9 @@ def test_two_local_workers_share_one_sqlite_study(tuner_home, tmp_path):
     result = invoke("run", "--study", "jobs", "--space", str(path), "--jobs", "2", "--no-report")
     assert result.exit_code == 0, result.output
     workers = assert_grid_done_once(load(tuner_home, "jobs"))
-    assert len(workers) == 2
+    # Each grid point ran once, in the spawned workers (not this process). How many of the two
+    # took a trial depends on when each started, so that is bounded, not counted.
+    assert 1 <= len(workers) <= 2 and f":{os.getpid()}" not in " ".join(workers)
 
 
 @pytest.mark.slow
@@ -335,7 +337,8 @@ def test_two_machines_share_a_postgres_study(postgres_url, tuner_home, tmp_path)
     assert [m.returncode for m in machines] == [0, 0], outputs
     study = load_existing_study(name, open_storage(postgres_url))
     workers = assert_grid_done_once(study)
-    assert len(workers) == 2
+    pids = {m.pid for m in machines}
+    assert 1 <= len(workers) <= 2 and {int(w.rsplit(":", 1)[1]) for w in workers} <= pids
 
 
 # Dashboard -------------------------------------------------------------------------------------

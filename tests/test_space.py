@@ -56,6 +56,18 @@ def test_shipped_spaces_load(name):
     assert space.trial_budget and space.trial_budget >= 3
 
 
+def test_every_shipped_space_that_ranks_configurations_confirms_its_best_two():
+    """A single-objective space ranks configurations, so its top two get a second seed (the
+    verdict says "ahead" only with 2 seeds on each side). `smoke` checks plumbing; a
+    multi-objective space has a Pareto front, not a ranking."""
+    for path in sorted(SEARCH_SPACE_DIR.glob("*.yaml")):
+        space = load_space(path)
+        if space.multi_objective or space.study == "smoke":
+            continue
+        assert space.confirm is not None, path.name
+        assert space.confirm.top >= 2 and space.confirm.seeds >= 1, path.name
+
+
 def test_losses_space_is_a_grid_over_every_loss():
     from tuner.core.losses import LOSSES
 

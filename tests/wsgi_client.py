@@ -6,11 +6,13 @@ import sys
 from io import BytesIO
 
 
-def call_wsgi(app, path: str) -> tuple[str, bytes]:
+def request(app, path: str) -> tuple[str, dict[str, str], bytes]:
+    """GET `path` (with an optional ?query): the status line, headers and body."""
+    path, _, query = path.partition("?")
     environ = {
         "REQUEST_METHOD": "GET",
         "PATH_INFO": path,
-        "QUERY_STRING": "",
+        "QUERY_STRING": query,
         "SERVER_NAME": "127.0.0.1",
         "SERVER_PORT": "8080",
         "wsgi.url_scheme": "http",
@@ -21,7 +23,12 @@ def call_wsgi(app, path: str) -> tuple[str, bytes]:
     status = {}
 
     def start_response(code, headers, exc_info=None):
-        status["code"] = code
+        status["code"], status["headers"] = code, dict(headers)
 
     body = b"".join(app(environ, start_response))
-    return status["code"], body
+    return status["code"], status["headers"], body
+
+
+def call_wsgi(app, path: str) -> tuple[str, bytes]:
+    code, _, body = request(app, path)
+    return code, body

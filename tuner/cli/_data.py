@@ -7,25 +7,37 @@ from pathlib import Path
 
 import click
 
-from tuner.cli._options import COUNT, SIDE, out_option
+from tuner.cli._options import COUNT, SIDE, TunerGroup, out_option
 
 
-@click.group()
+@click.group(cls=TunerGroup)
 def data() -> None:
     """Datasets, and the stand-in for SAM's pretrained weights."""
 
 
-@data.command("synth")
+@data.command("synth", short_help="Write a synthetic Cityscapes-format dataset.")
 @out_option("dataset root to write", required=True)
 @click.option("--train", default=64, show_default=True, type=COUNT, help="training images")
 @click.option("--val", default=16, show_default=True, type=COUNT, help="validation images")
 @click.option(
     "--test", default=0, show_default=True, type=click.IntRange(min=0), help="test images"
 )
-@click.option("--height", default=256, show_default=True, type=SIDE)
-@click.option("--width", default=512, show_default=True, type=SIDE)
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-@click.option("--style", type=click.Choice(["default", "shifted"]), default="default")
+@click.option("--height", default=256, show_default=True, type=SIDE, help="image height, pixels")
+@click.option("--width", default=512, show_default=True, type=SIDE, help="image width, pixels")
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="generator seed: the same seed writes the same images",
+)
+@click.option(
+    "--style",
+    type=click.Choice(["default", "shifted"]),
+    default="default",
+    show_default=True,
+    help="shifted: another camera height, palette, lighting and texture (a domain gap)",
+)
 def data_synth(out_dir: Path, train, val, test, height, width, seed, style) -> None:
     """Write a synthetic Cityscapes-format dataset (images, labelIds, color, instanceIds,
     polygons.json, disparity)."""
@@ -38,7 +50,7 @@ def data_synth(out_dir: Path, train, val, test, height, width, seed, style) -> N
     click.echo(f"wrote {train} train / {val} val / {test} test images to {out_dir}")
 
 
-@data.command("check")
+@data.command("check", short_help="Check a Cityscapes root; one line per problem.")
 @click.argument("root", type=click.Path(path_type=Path))
 def data_check(root: Path) -> None:
     """Check a Cityscapes root: image and label sizes, label ids, evaluated pixels. One line
@@ -56,10 +68,23 @@ def data_check(root: Path) -> None:
         sys.exit(2)
 
 
-@data.command("pretrain", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def data_pretrain(args) -> None:
-    """Make the pretrained sam_tiny stand-in for SAM (--help for its options)."""
+@data.command("pretrain")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="state-dict file to write (default: the shipped stand-in, "
+    "tuner/core/model/weights/sam_tiny_standin.pth)",
+)
+@click.option("--quick", is_flag=True, help="2 steps on 4 images (tests)")
+@click.option("--steps", type=COUNT, help="optimizer steps (default: 1000)")
+@click.option("--threads", type=COUNT, help="CPU threads")
+def data_pretrain(out, quick, steps, threads) -> None:
+    """Make the pretrained sam_tiny stand-in for SAM: a segmentation pretraining on a separate,
+    shifted synthetic set."""
     from tuner.core.pretrain import main
 
-    sys.exit(main(list(args)))
+    args = ["--quick"] if quick else []
+    for flag, value in (("--out", out), ("--steps", steps), ("--threads", threads)):
+        if value is not None:
+            args += [flag, str(value)]
+    sys.exit(main(args))

@@ -38,14 +38,32 @@ def top_rows(top: list[dict]) -> tuple[list[list], list[str]]:
 
 
 class MethodChoice(RegistryChoice):
-    """The registered methods, and `auto` (each one tried, the best kept)."""
+    """`auto`, `all`, or registered method names separated by commas."""
+
+    name = "method"
 
     @property
     def choices(self) -> tuple[str, ...]:
-        return (*self.registry.names(), "auto")
+        return ("auto", "all", *super().choices)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(self.choices) + "][,...]"
+
+    def convert(self, value, param, ctx):
+        if value in ("auto", "all"):
+            return value
+        names = [name.strip() for name in str(value).split(",")]
+        for name in names:
+            super().convert(name, param, ctx)  # a bad name fails here, listing the choices
+        return ",".join(names)
 
 
-@click.command()
+# What `tuner.deploy.quantize.METHODS` registers, for `--help` without importing it (torch);
+# tests/test_cli.py checks the two agree.
+METHOD_NAMES = ("static", "dynamic", "weight_only")
+
+
+@click.command(short_help="INT8 with Intel Neural Compressor, within an mIoU tolerance.")
 @click.argument("target", nargs=-1)
 @study_option(required=False, help_text="study whose best trial (or trial N) to quantize")
 @STORAGE
@@ -53,19 +71,36 @@ class MethodChoice(RegistryChoice):
 @data_option("Cityscapes root (default: the study's data)")
 @click.option(
     "--method",
-    type=MethodChoice("tuner.deploy.quantize:METHODS"),
+    type=MethodChoice("tuner.deploy.quantize:METHODS", METHOD_NAMES),
     default="auto",
     show_default=True,
+    help="auto: first the methods expected to win on this CPU (static W8A8, and weight_only "
+    "where the CPU lacks the VNNI/AMX int8 instructions), the others only if those leave no "
+    "model within --tolerance that is smaller and faster than FP32; all: every method; or "
+    "names, comma-separated: exactly those",
 )
 @click.option(
     "--tolerance",
     type=click.FloatRange(min=0),
     default=1.0,
     show_default=True,
-    help="allowed mIoU drop in points",
+    help="accepted drop of val mIoU from FP32 to INT8, in points of mIoU (1.0 = 0.01 mIoU, "
+    "e.g. 0.3700 -> 0.3600); a method that loses more keeps modules in FP32 or is refused",
 )
-@click.option("--calib", type=COUNT, default=16, show_default=True, help="calibration images")
-@click.option("--backend", type=click.Choice(["inc", "ipex"]), default="inc", show_default=True)
+@click.option(
+    "--calib",
+    type=COUNT,
+    default=16,
+    show_default=True,
+    help="training images that calibrate activation ranges",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["inc", "ipex"]),
+    default="inc",
+    show_default=True,
+    help="ipex: Intel Extension for PyTorch, where it is installed",
+)
 @click.option("--no-compile", is_flag=True, help="measure eager models (faster, no int8 kernels)")
 @click.option("--val-limit", type=COUNT, help="evaluate on the first N val images")
 @click.option(

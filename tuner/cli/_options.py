@@ -4,6 +4,7 @@ flags (their choices read from the registries), and the one-line error handling.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -21,7 +22,18 @@ POSITIVE = click.FloatRange(min=0, min_open=True)  # also refuses nan
 
 
 class TunerGroup(click.Group):
-    """Turns the errors a user can fix into one red line and exit code 2, not a traceback."""
+    """Turns the errors a user can fix into one red line and exit code 2, not a traceback;
+    lists each command with its whole short help (click cuts it at the width with "...")."""
+
+    def format_commands(self, ctx, formatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.short_help or first_sentence(command.help or "")))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)  # wraps long text onto more lines, never cuts it
 
     def invoke(self, ctx):
         try:
@@ -31,13 +43,23 @@ class TunerGroup(click.Group):
             sys.exit(2)
 
 
+def first_sentence(text: str) -> str:
+    """The first sentence of a docstring, whole, on one line."""
+    paragraph = " ".join(inspect.cleandoc(text).split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[: end + 1]
+
+
 class RegistryChoice(click.Choice):
     """A choice among a registry's names, read when the option is used or its help is shown:
     a loss registered anywhere appears in `--help` and is accepted, with no list to update.
-    A registry above the core is given as "module:NAME" and imported only then."""
+    Help lists the registry's declared names, so that it imports no provider (torch).
+    A registry above the core is given as "module:NAME" with the names it declares, and
+    imported only when a value is checked."""
 
-    def __init__(self, registry: Registry | str) -> None:
+    def __init__(self, registry: Registry | str, declared: tuple[str, ...] = ()) -> None:
         self._registry = registry
+        self._declared = declared
         self.case_sensitive = True
 
     @property
@@ -49,7 +71,14 @@ class RegistryChoice(click.Choice):
 
     @property
     def choices(self) -> tuple[str, ...]:
-        return tuple(self.registry.names())
+        if isinstance(self._registry, str):  # help or completion: not imported yet
+            return self._declared
+        return tuple(self._registry.known_names())
+
+    def convert(self, value, param, ctx):
+        if isinstance(self._registry, str):  # the command runs: check the real names
+            self.registry  # noqa: B018 - imports the module that fills the registry
+        return super().convert(value, param, ctx)
 
 
 STORAGE = click.option("--storage", help="Optuna storage URL (default: sqlite under studies/)")
@@ -108,19 +137,33 @@ def config_options(fn):
             type=click.Path(path_type=Path),
             help="YAML/JSON file of TrainConfig fields",
         ),
-        click.option("--model", type=RegistryChoice(ENCODERS)),
-        click.option("--head", type=RegistryChoice(HEADS)),
-        click.option("--loss", type=RegistryChoice(LOSSES)),
-        click.option("--freeze-depth", type=click.IntRange(min=0)),
+        click.option("--model", type=RegistryChoice(ENCODERS), help="SAM image encoder size"),
+        click.option("--head", type=RegistryChoice(HEADS), help="segmentation head"),
+        click.option("--loss", type=RegistryChoice(LOSSES), help="training loss"),
+        click.option(
+            "--freeze-depth",
+            type=click.IntRange(min=0),
+            help="freeze the first N encoder blocks and the embedding before them (0: train all)",
+        ),
         click.option("--adapter", type=RegistryChoice(ADAPTERS), help="on the frozen blocks"),
-        click.option("--lora-rank", type=COUNT),
+        click.option("--lora-rank", type=COUNT, help="rank of the LoRA updates"),
         click.option("--lora-alpha", type=POSITIVE, help="updates are scaled by alpha / rank"),
-        click.option("--lora-targets", type=click.Choice(LORA_TARGETS)),
-        click.option("--lr", type=POSITIVE),
-        click.option("--batch-size", type=COUNT),
-        click.option("--epochs", type=COUNT),
-        click.option("--image-size", type=SIDE, nargs=2, help="training crop H W"),
-        click.option("--seed", type=click.IntRange(min=0)),
+        click.option(
+            "--lora-targets", type=click.Choice(LORA_TARGETS), help="Linears that LoRA adapts"
+        ),
+        click.option(
+            "--lr",
+            type=POSITIVE,
+            help="peak AdamW learning rate of the head; the encoder gets lr x encoder_lr_mult",
+        ),
+        click.option("--batch-size", type=COUNT, help="images per optimizer step"),
+        click.option("--epochs", type=COUNT, help="passes over the training images"),
+        click.option("--image-size", type=SIDE, nargs=2, help="training crop H W, in pixels"),
+        click.option(
+            "--seed",
+            type=click.IntRange(min=0),
+            help="seed of initial weights, data order and augmentation",
+        ),
         click.option("--device", help="auto | cpu | cuda | cuda:N"),
         click.option("--threads", type=COUNT, help="CPU threads"),
     ]

@@ -20,9 +20,14 @@ from tuner.core import paths
     type=click.Path(path_type=Path),
     help="also export every figure as PNG (needs a system Chromium)",
 )
-@click.option("--no-dashboard", is_flag=True, help="do not attach the figures to the study")
+@click.option(
+    "--no-dashboard",
+    is_flag=True,
+    help="do not write the study's note nor attach the report to the study",
+)
 def report(study, storage, out_file, png_dir, no_dashboard) -> None:
-    """Write a self-contained HTML report of a study and attach its figures to the dashboard."""
+    """Write a self-contained HTML report of a study; put its decision in the study's note and
+    attach the report to the study, where optuna-dashboard shows both."""
     from tuner.report import attach_to_dashboard, build_sections, export_png, write_report
     from tuner.search.study import load_existing_study, open_storage
 
@@ -33,7 +38,8 @@ def report(study, storage, out_file, png_dir, no_dashboard) -> None:
     )
     click.echo(f"report: {out_file}")
     if not no_dashboard:
-        click.echo(f"{attach_to_dashboard(loaded, sections)} figures attached to the study")
+        attach_to_dashboard(loaded, sections, report_file=out_file)
+        click.echo("the decision is in the study's note and this report attached to the study")
     if png_dir:
         _, message = export_png(sections, png_dir)
         click.echo(message)

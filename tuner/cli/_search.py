@@ -70,13 +70,13 @@ def run(study, space_file, storage, data_root, checkpoint, no_report, **options)
     print_leaderboard(study, storage, result)
     if not no_report:
         try:
-            count = attach_to_dashboard(result, build_sections(result))
+            attach_to_dashboard(result, build_sections(result))
         except Exception as exc:  # the study is done; a figure must not turn that into a failure
-            click.secho(f"figures not attached: {type(exc).__name__}: {exc}", fg="yellow")
+            click.secho(f"report not attached: {type(exc).__name__}: {exc}", fg="yellow")
             return
         click.echo(
-            f"{count} figures attached to the study: `tuner dashboard` shows them; "
-            f"`tuner report --study {study}` writes the HTML report"
+            "the decision is in the study's note and the report attached to the study: "
+            f"`tuner dashboard` shows both; `tuner report --study {study}` writes it to a file"
         )
 
 
@@ -178,14 +178,13 @@ def studies(storage) -> None:
     """List studies (trials by state and best values) and the feature cache's size."""
     from tuner.core.cache import FeatureCache
     from tuner.core.text import table
-    from tuner.search.study import list_studies
+    from tuner.search.leaderboard import STUDY_HEADERS, study_rows
 
-    rows = list_studies(storage)
+    rows = study_rows(storage)
     if not rows:
         click.echo("no studies yet: try `tuner run --study smoke`")
     else:
-        headers = ["study", "trials", "complete", "pruned", "fail", "running", "best"]
-        click.echo(table(rows, headers))
+        click.echo(table(rows, STUDY_HEADERS))
     click.echo(FeatureCache.at(paths.cache_dir()).usage().describe())
 
 
@@ -205,7 +204,12 @@ def cache(cache_limit, clear) -> None:
 @click.command()
 @study_option()
 @STORAGE
-@click.option("--json", "as_json", is_flag=True, help="one JSON document (miou_ci, verdict, ...)")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="one JSON document (value, interval, seeds, verdict, ...)",
+)
 def best(study, storage, as_json) -> None:
     """The best configuration (or Pareto front): its score with a 95 % interval, whether it is
     really ahead of the runner-ups, params and checkpoint."""

@@ -80,11 +80,17 @@ def predict(checkpoint, model_dir, images, out_dir) -> None:
 
 
 @click.command()
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
-@click.option("--data", "data_root", type=click.Path(path_type=Path), required=True)
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val")
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path), required=True, help="sam-tuner checkpoint"
+)
+@click.option(
+    "--data", "data_root", type=click.Path(path_type=Path), required=True, help="Cityscapes root"
+)
+@click.option(
+    "--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True
+)
 @out_option("also write label-id PNGs for the official evaluation")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 def evaluate(checkpoint, data_root, split, out_dir, device) -> None:
     """Metrics of a checkpoint on a Cityscapes split."""
     from tuner.core.text import metrics_table
@@ -98,8 +104,13 @@ def evaluate(checkpoint, data_root, split, out_dir, device) -> None:
         )
 
 
-@click.command()
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
+@click.command(short_help="Write a standalone checkpoint from a trial's delta checkpoint.")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="a trial's delta checkpoint (the tensors that differ from its base weights)",
+)
 @out_option("standalone checkpoint file to write (e.g. model.pt)", required=True, folder=False)
 @click.option(
     "--base",

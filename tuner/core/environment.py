@@ -6,6 +6,7 @@ import contextlib
 import os
 import platform
 import random
+from collections.abc import Sequence
 from importlib import metadata
 
 import numpy as np
@@ -114,8 +115,19 @@ def device_description(device: torch.device) -> str:
     return f"cpu: {isa_summary()}"
 
 
-def package_versions() -> dict[str, str]:
-    names = ["torch", "torchvision", "segment-anything", "optuna", "neural-compressor-pt", "numpy"]
+DEFAULT_VERSIONED = (
+    "sam-tuner",
+    "torch",
+    "torchvision",
+    "segment-anything",
+    "optuna",
+    "neural-compressor-pt",
+    "numpy",
+)
+
+
+def package_versions(names: Sequence[str] = DEFAULT_VERSIONED) -> dict[str, str]:
+    """Python's version and each named distribution's ("not installed" where absent)."""
     versions = {"python": platform.python_version()}
     for name in names:
         try:

@@ -27,10 +27,26 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
             tmp.unlink()
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), else by the
+    set-and-restore dance."""
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def staging_dir(target: Path) -> Path:
-    """A fresh folder beside `target` (same file system, so it can be renamed into place)."""
+    """A fresh folder beside `target` (same file system, so it can be renamed into place).
+    `mkdtemp` makes it 0700; it gets the mode `mkdir` would give (0777 less the umask), since
+    it becomes the published folder."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    folder.chmod(0o777 & ~current_umask())
+    return folder
 
 
 def replace_dir(staged: Path, target: Path) -> None:

@@ -18,6 +18,11 @@ registry imports its *provider*, the module whose definitions fill it, the first
 asked. So `tuner.core.config` never imports an implementation (no torch model code to load a
 config), and a newly registered name is valid everywhere: `tuner train --help`, `--loss`, a
 space's `choices`, and `choices: all`.
+
+A registry also *declares* the names its provider registers, so that `tuner train --help` can
+list them without importing the provider (and torch, seconds on a small machine):
+`known_names()`. Loading the provider checks the declaration, so a name registered there but
+not declared here (or the reverse) fails at once, naming both.
 """
 
 from __future__ import annotations
@@ -34,8 +39,10 @@ T = TypeVar("T")
 class Registry(MutableMapping, Generic[T]):
     """name -> implementation, filled by `register` (or item assignment) in the provider."""
 
-    def __init__(self, kind: str, provider: str | None = None) -> None:
-        self.kind, self.provider = kind, provider
+    def __init__(
+        self, kind: str, provider: str | None = None, declared: tuple[str, ...] = ()
+    ) -> None:
+        self.kind, self.provider, self.declared = kind, provider, declared
         self._items: dict[str, T] = {}
         self._loaded = provider is None
 
@@ -51,11 +58,32 @@ class Registry(MutableMapping, Generic[T]):
     def _load(self) -> None:
         if not self._loaded:
             self._loaded = True  # before the import: the provider registers into us
+            before = set(self._items)
             importlib.import_module(self.provider)
+            self._check_declared(set(self._items) - before)
+
+    def _check_declared(self, registered: set[str]) -> None:
+        """The provider registered exactly the declared names (those registered before it
+        loaded, by a plugin or a test, are not its own)."""
+        missing = [n for n in self.declared if n not in self._items]
+        undeclared = sorted(registered - set(self.declared))
+        if missing or undeclared:
+            raise RuntimeError(
+                f"{self.provider}: {self.kind} registry declares {list(self.declared)} in "
+                f"tuner/core/registry.py but registers {sorted(registered) or 'none of them'}"
+                f" (missing {missing}, undeclared {undeclared}): keep the two in step"
+            )
 
     def names(self) -> list[str]:
         self._load()
         return list(self._items)
+
+    def known_names(self) -> list[str]:
+        """The names without importing the provider: the declared ones and those already
+        registered (equal to `names()`, as the load checks)."""
+        if self._loaded:
+            return list(self._items)
+        return [*self.declared, *(n for n in self._items if n not in self.declared)]
 
     def get_or_fail(self, name: str, source: str = "config") -> T:
         """The implementation of `name`, or a ConfigError listing the choices."""
@@ -92,10 +120,18 @@ class Registry(MutableMapping, Generic[T]):
         return f"Registry({self.kind!r}: {', '.join(self._items) or 'not loaded'})"
 
 
-LOSSES: Registry = Registry("loss", "tuner.core.losses")
-HEADS: Registry = Registry("head", "tuner.core.model.heads")
-ENCODERS: Registry = Registry("model", "tuner.core.model.backbone")
-ADAPTERS: Registry = Registry("adapter", "tuner.core.model.adapters")
+LOSSES: Registry = Registry(
+    "loss",
+    "tuner.core.losses",
+    ("ce", "ohem_ce", "focal", "dice", "ce_dice", "lovasz", "boundary_ce"),
+)
+HEADS: Registry = Registry("head", "tuner.core.model.heads", ("linear", "conv", "mask_decoder"))
+ENCODERS: Registry = Registry(
+    "model",
+    "tuner.core.model.backbone",
+    ("sam_tiny", "sam_tiny_scratch", "vit_b", "vit_l", "vit_h"),
+)
+ADAPTERS: Registry = Registry("adapter", "tuner.core.model.adapters", ("none", "lora"))
 
 # The TrainConfig fields whose values are registry names.
 FIELD_REGISTRIES: dict[str, Registry] = {

@@ -285,6 +285,10 @@ class Trainer:
             metrics=accumulator,
         )
         self.last_per_image = accumulator.per_image()
+        samples = getattr(self.val_set, "samples", None)
+        if samples is not None and len(samples) == self.last_per_image.images:
+            # Named, so that two runs are compared image by image, not by position.
+            self.last_per_image = self.last_per_image.named([s.stem for s in samples])
         return {f"val_{k}": v for k, v in metrics.items()}
 
 

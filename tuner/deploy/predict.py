@@ -19,7 +19,7 @@ from tuner.core.environment import placement, resolve_device
 from tuner.core.errors import UserError
 from tuner.core.inference import evaluate, predict_logits
 from tuner.core.model.adapters import merge_adapters
-from tuner.core.visualize import overlay
+from tuner.core.visualize import OVERLAY_PALETTE, colour_key, overlay
 from tuner.deploy.quantize import load_quantized
 
 
@@ -49,7 +49,9 @@ def load_predictor(
 
 
 def predict_files(predictor: Predictor, images: list[Path], out_dir: Path) -> Iterator[Path]:
-    """For each image: <stem>_color.png (Cityscapes palette) and <stem>_overlay.png."""
+    """For each image: <stem>_color.png (the official Cityscapes palette), <stem>_overlay.png
+    (the same but for the vehicles, whose official blues are told apart here:
+    `OVERLAY_PALETTE`) and <stem>_key.png, the colour key of the classes present in both."""
     for path in images:
         image = read_image(Path(path), mode="RGB")
         train_ids = predictor(image)
@@ -57,10 +59,14 @@ def predict_files(predictor: Predictor, images: list[Path], out_dir: Path) -> It
         stem = Path(path).stem
         color_path = out_dir / f"{stem}_color.png"
         overlay_path = out_dir / f"{stem}_overlay.png"
+        key_path = out_dir / f"{stem}_key.png"
         Image.fromarray(decode_target(train_ids)).save(color_path)
-        Image.fromarray(overlay(image, train_ids)).save(overlay_path)
+        Image.fromarray(overlay(image, train_ids, palette=OVERLAY_PALETTE)).save(overlay_path)
+        key, text = colour_key(train_ids)
+        key.save(key_path, pnginfo=text)
         yield color_path
         yield overlay_path
+        yield key_path
 
 
 def label_id_writer(dataset: CityscapesDataset, out_dir: Path):

@@ -8,6 +8,7 @@ score that should pick it.
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from tuner.deploy.quantize import (
     QuantizeReport,
     archive,
     quantize_checkpoint,
-    write_comparison,
+    write_report,
 )
 from tuner.search import attrs
 from tuner.search.study import (
@@ -36,7 +37,7 @@ from tuner.search.study import (
     get_trial,
     load_existing_study,
     open_storage,
-    upload,
+    replace_study_artifact,
 )
 from tuner.search.verdict import standings
 
@@ -89,19 +90,28 @@ def quantize_trial(
         if len(candidates) > 1:
             report.extras["top"] = [_row(c, c is winner) for c in candidates]
             log(f"INT8 winner: trial {winner.trial.number} ({report.chosen})")
-        report.output_dir = str(out_dir)
-        write_comparison(winner.folder, report)
+        report.output_dir = str(out_dir)  # where it will be, not the staging folder
+        report.extras["trial"] = winner.trial.number
+        write_report(winner.folder, report)
         replace_dir(winner.folder, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     packed = archive(Path(out_dir))
     try:
-        artifact_id = upload(study, artifact_store_for(study), packed)
+        # The archive cannot name its own id: inside it, output_artifact_id stays null.
+        # One artifact per name, and the name says what it holds: quantizing again replaces it.
+        kind = re.sub(r"[^A-Za-z0-9_.-]+", "-", report.chosen)
+        report.output_artifact_id = replace_study_artifact(
+            study,
+            artifact_store_for(study),
+            packed,
+            name=f"{study_name}-trial{winner.trial.number}-{kind}.tar.gz",
+            mimetype="application/gzip",
+        )
     finally:
         packed.unlink()
-    report.extras.update({"trial": winner.trial.number, "artifact_id": artifact_id})
-    write_comparison(Path(out_dir), report)
-    study.set_user_attr(attrs.QUANTIZATION, report.to_dict())
+    write_report(Path(out_dir), report)
+    attrs.set_record(study, attrs.QUANTIZATION, report.to_dict())
     return report
 
 
@@ -158,6 +168,8 @@ def _row(candidate: Candidate, chosen: bool) -> dict[str, Any]:
         "drop_points": (fp32.miou - int8.miou) * 100,
         "latency_ms": int8.latency_ms,
         "fp32_latency_ms": candidate.report.fp32.latency_ms,
+        "latency_basis": int8.latency_basis,
         "size_mb": int8.size_bytes / 1e6,
         "size_ratio": int8.size_bytes / fp32.size_bytes,
+        "source_artifact_id": candidate.report.source_artifact_id,
     }

@@ -7,16 +7,12 @@ import optuna
 
 from tuner.report._decision import decision
 from tuner.report._export import export_png, system_chromium
-from tuner.report._figures import (
-    class_heatmap,
-    comparison,
-    latency_front,
-    learning_curves,
-    optuna_figures,
-    quantization_table,
-)
+from tuner.report._figures import class_heatmap, comparison, learning_curves
 from tuner.report._html import render_html, write_report
+from tuner.report._optuna_figures import optuna_figures
 from tuner.report._predictions import prediction_grid
+from tuner.report._provenance import provenance_section
+from tuner.report._quantization import latency_front, quantization_table
 from tuner.report._sections import SECTIONS, Section
 from tuner.report.dashboard import attach_to_dashboard
 
@@ -34,8 +30,9 @@ __all__ = [
 
 # Assembling ----------------------------------------------------------------------------------
 def build_sections(study: optuna.Study, predictions: bool = True) -> list[Section]:
-    """The decision first, then the figures that say something for this study."""
-    sections = [decision(study), *optuna_figures(study)]
+    """The decision first, where its numbers come from, then the figures that say something
+    for this study."""
+    sections = [decision(study), provenance_section(study), *optuna_figures(study)]
     sections += [learning_curves(study), latency_front(study), comparison(study)]
     sections += [class_heatmap(study), quantization_table(study)]
     if predictions:

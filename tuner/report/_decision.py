@@ -33,36 +33,36 @@ def _paragraphs(study: optuna.Study, verdict: Verdict) -> str:
     best = verdict.best
     metric = metric_label(verdict.metric)
     score = f"{metric} {best.mean:.4f}"
-    if best.ci:
-        score += f" ± {(best.ci[1] - best.ci[0]) / 2:.4f} (95 % interval over validation images)"
+    if best.score:  # the interval of this same value, not of one seed's run
+        score += (
+            f", 95 % interval [{best.score.low:.4f}, {best.score.high:.4f}] ({best.score.method})"
+        )
     if len(best.runs) > 1:
         runs = ", ".join(f"{v:.4f}" for v in best.values)
-        score += f"; mean of {len(best.runs)} seeds ({runs})"
+        score += f"; the mean of {len(best.runs)} seeds ({runs})"
     parts = [
-        f"<p class='decision'><b>Best: {html.escape(trial_label(best.trial))}</b>: {score}.</p>",
+        f"<p class='decision'><b>Best: {html.escape(trial_label(best.trial))}</b>: "
+        f"{html.escape(score)}.</p>",
         f"<p><b>Verdict:</b> {html.escape(verdict.text)}.</p>",
     ]
     details = [
-        f"#{s.trial.number}: {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
+        f"#{s.trial.number}: {d.observed:+.4f} [{d.low:+.4f}, {d.high:+.4f}]"
         for s, d in verdict.compared
         if d is not None
     ]
     if details:
         parts.append(
-            "<p class='note'>Lead of the best over each runner-up (mean, 95 % interval; paired "
-            "over the same images and, where confirmed, over seeds): " + "; ".join(details) + "</p>"
+            "<p class='note'>Lead of the best over each runner-up (observed difference, 95 % "
+            "interval; paired over the same images and, where confirmed, resampling seeds): "
+            + "; ".join(details)
+            + "</p>"
         )
-    report = study.user_attrs.get(attrs.QUANTIZATION)
+    report = attrs.record(study, attrs.QUANTIZATION)
     if report:
-        chosen = next(c for c in report["candidates"] if c["name"] == report["chosen"])
-        fp32 = report["fp32"]
-        parts.append(
-            f"<p><b>INT8:</b> {html.escape(chosen['name'])} of trial "
-            f"{report.get('extras', {}).get('trial')}: mIoU {chosen['miou']:.4f} "
-            f"({(fp32['miou'] - chosen['miou']) * 100:+.2f} points), "
-            f"{fp32['latency_ms'] / chosen['latency_ms']:.2f}x the FP32 speed, "
-            f"{chosen['size_bytes'] / fp32['size_bytes']:.0%} of its size.</p>"
-        )
+        number = report.get("extras", {}).get("trial")
+        quantized = next((t for t in study.trials if t.number == number), None)
+        interval = quantized.user_attrs.get(attrs.MIOU_CI) if quantized else None
+        parts.append(f"<p><b>INT8:</b> {html.escape(int8_summary(report, interval))}</p>")
     rising = [
         s.trial.number for s, _ in [(best, None), *verdict.compared] if still_improving(s.trial)
     ]
@@ -73,3 +73,31 @@ def _paragraphs(study: optuna.Study, verdict: Verdict) -> str:
             + " still improved at the last epoch; more epochs may change the ranking.</p>"
         )
     return "".join(parts)
+
+
+def int8_summary(report: dict, fp32_interval: list[float] | None) -> str:
+    """The chosen INT8 model against FP32 in one sentence: its change in mIoU signed as a gain
+    or a loss, and set against the noise: the 95 % interval (over validation images) of the
+    FP32 run it was quantized from."""
+    chosen = next(c for c in report["candidates"] if c["name"] == report["chosen"])
+    fp32 = report["fp32"]
+    change = round((chosen["miou"] - fp32["miou"]) * 100, 2) + 0.0  # as printed; no "-0.00"
+    direction = "gain" if change > 0 else "loss" if change < 0 else "no change"
+    text = (
+        f"{chosen['name']} of trial {report.get('extras', {}).get('trial')}: mIoU "
+        f"{chosen['miou']:.4f} against FP32's {fp32['miou']:.4f} in the same run, "
+        f"{change:+.2f} points ({direction})"
+    )
+    if fp32_interval:
+        low, high = fp32_interval
+        where = "inside" if low <= chosen["miou"] <= high else "outside"
+        text += (
+            f", {where} the noise: the FP32 run's 95 % interval over validation images is "
+            f"[{low:.4f}, {high:.4f}]"
+        )
+    return (
+        text
+        + f"; {fp32['latency_ms'] / chosen['latency_ms']:.2f}x the FP32 speed (both measured in "
+        f"that run); {chosen['size_bytes'] / fp32['size_bytes']:.0%} of its size (tensor bytes, "
+        "uncompressed, counted alike for both; comparison.json also has the gzipped sizes)."
+    )

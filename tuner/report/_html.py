@@ -38,6 +38,10 @@ body {{ font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1200px
 section {{ margin: 2.5rem 0; }} h2 {{ border-bottom: 1px solid #ddd; padding-bottom: .3rem; }}
 .note {{ color: #666; }} .warn {{ color: #a15c00; }}
 .decision {{ font-size: 1.15rem; }}
+table {{ border-collapse: collapse; font-size: .9rem; }}
+table.kv th {{ text-align: left; padding: .2rem 1rem .2rem 0; vertical-align: top; }}
+table.kv td {{ overflow-wrap: anywhere; }}
+table.grid th, table.grid td {{ border: 1px solid #ddd; padding: .25rem .5rem; }}
 </style></head>
 <body><h1>{title}</h1>
 <p>{summary}; objectives: {html.escape(", ".join(metric_names(study)))}.</p>

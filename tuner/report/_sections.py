@@ -25,6 +25,7 @@ SECTIONS = {
     "class-iou": "Per-class IoU of every trial",
     "quantization": "FP32 vs INT8",
     "predictions": "Best trial on validation images",
+    "provenance": "Where these numbers come from",
 }
 METRIC_LABELS = {
     "val_miou": "val mIoU",

@@ -3,15 +3,27 @@ layer writes them, the deploy and report layers read them.
 
 Besides these, every completed trial records the metrics of its best epoch under their own
 names (`METRICS`).
+
+They are for code to read. optuna-dashboard shows user attrs raw (JSON cut at 1,024
+characters, YAML without its line breaks), so the two long records, the search space and the
+quantization report, are kept as study *system* attributes (`record`, `set_record`), which the
+dashboard does not list; people read them in the study's note (`tuner.report._note`).
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
 
 # Study attributes.
 ARTIFACT_STORE = "artifact_store"  # where checkpoints go: a folder or s3://bucket
-SEARCH_SPACE = "search_space"  # the YAML text the study was created with
+SEARCH_SPACE = "search_space"  # the YAML text the study was created with (a record)
 DATA_ROOT = "data_root"  # the Cityscapes root its trials trained on
-QUANTIZATION = "quantization"  # the FP32-vs-INT8 comparison of `tuner quantize`
+QUANTIZATION = "quantization"  # the FP32-vs-INT8 comparison of `tuner quantize` (a record)
 CONFIRMATION_STUDY = "confirmation_study"  # where its seed confirmations run (NAME.confirm)
 CONFIRMS_STUDY = "confirms_study"  # on a confirmation study: the study it confirms
+DECISION = "decision"  # one line: the headline value, its interval, the verdict (for people)
 CACHE_PLAN = "cache_plan"  # what the plan chose to store in the feature cache, and why
 # "checkpoint_dropped:<trial number>": why that trial's weights were removed (keep_checkpoints).
 # One key per trial, so that workers dropping at once never overwrite each other's record.
@@ -49,3 +61,26 @@ METRICS = (
     "val_per_class_iou",
     "val_per_class_boundary_f1",
 )
+
+
+# Records: long study attributes kept out of the dashboard's attribute table.
+RECORD_PREFIX = "sam_tuner:"
+
+
+def record(study: optuna.Study, key: str, default: Any = None) -> Any:
+    """A study's record `key` (`SEARCH_SPACE`, `QUANTIZATION`); studies written by earlier
+    versions kept it as a user attr, which is read when there is no record.
+
+        >>> study = optuna.create_study()
+        >>> set_record(study, QUANTIZATION, {"chosen": "int8 static"})
+        >>> record(study, QUANTIZATION)["chosen"], QUANTIZATION in study.user_attrs
+        ('int8 static', False)
+    """
+    stored = study._storage.get_study_system_attrs(study._study_id)
+    if RECORD_PREFIX + key in stored:
+        return stored[RECORD_PREFIX + key]
+    return study.user_attrs.get(key, default)
+
+
+def set_record(study: optuna.Study, key: str, value: Any) -> None:
+    study._storage.set_study_system_attr(study._study_id, RECORD_PREFIX + key, value)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import statistics
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -26,6 +27,9 @@ from optuna.trial import FrozenTrial, TrialState
 from tuner.search import attrs
 from tuner.search.space import SearchSpace
 from tuner.search.study import load_existing_study
+
+if TYPE_CHECKING:
+    from tuner.core.stats import Estimate
 
 SUFFIX = ".confirm"
 
@@ -100,9 +104,11 @@ def runs_by_config(study: optuna.Study) -> dict[str, list[FrozenTrial]]:
 
 @dataclass
 class Standing:
-    """One configuration: its runs (the study's trial first) and their objective values."""
+    """One configuration: its runs (the study's trial first) and their objective values; its
+    `score` (the mean and its interval over images and seeds) once a verdict is computed."""
 
     runs: list[FrozenTrial]
+    score: Estimate | None = None
 
     @property
     def trial(self) -> FrozenTrial:
@@ -121,11 +127,6 @@ class Standing:
         """Half the range of the runs' values (None with one run)."""
         values = self.values
         return (max(values) - min(values)) / 2 if len(values) > 1 else None
-
-    @property
-    def ci(self) -> tuple[float, float] | None:
-        value = self.trial.user_attrs.get(attrs.MIOU_CI)
-        return tuple(value) if value else None
 
 
 def standings(study: optuna.Study) -> list[Standing]:

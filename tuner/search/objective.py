@@ -24,7 +24,7 @@ from tuner.core.cache import FeatureCache
 from tuner.core.checkpoint import CHECKPOINT_NAME, CONFIG_NAME
 from tuner.core.data.cityscapes import CityscapesDataset
 from tuner.core.environment import device_description, package_versions
-from tuner.core.stats import bootstrap
+from tuner.core.stats import estimate
 from tuner.core.text import short
 from tuner.core.train import fit
 from tuner.search import attrs
@@ -138,11 +138,12 @@ class TrialRunner:
         for key in attrs.METRICS:
             trial.set_user_attr(key, best.get(key))
         if summary.per_image is not None and summary.per_image.images:
-            # The noise of this score: a seeded bootstrap over the validation images; the
-            # counts themselves go beside the checkpoint, for paired comparisons later.
-            intervals = bootstrap(summary.per_image)
-            trial.set_user_attr(attrs.MIOU_CI, intervals["miou"])
-            trial.set_user_attr(attrs.BOUNDARY_F1_CI, intervals["boundary_f1"])
+            # The noise of this run's score: a seeded bootstrap over the validation images
+            # (the verdict gives a configuration's, over its seeds too); the counts themselves
+            # go beside the checkpoint, for paired comparisons later.
+            for key, metric in ((attrs.MIOU_CI, "miou"), (attrs.BOUNDARY_F1_CI, "boundary_f1")):
+                score = estimate([summary.per_image], metric)
+                trial.set_user_attr(key, [score.low, score.high])
             summary.per_image.save(work / PER_IMAGE_FILE)
         recorded = {
             attrs.BEST_EPOCH: summary.best_epoch,

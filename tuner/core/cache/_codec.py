@@ -19,11 +19,14 @@ trial's result does not depend on whether its features were computed or read.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-_FLOATS = {"float16": torch.float16, "float32": torch.float32}
+if TYPE_CHECKING:  # imported where a tensor is encoded: `tuner studies` lists sizes without it
+    import torch
+
+_FLOATS = ("float16", "float32")
 _SCALE_BYTES = 2  # one float16 scale per row, stored as the row's last two int8 values
 _SMALLEST_SCALE = 2**-24  # float16's smallest subnormal: an all-zero row stays zero
 
@@ -44,9 +47,11 @@ class Codec:
         return np.dtype(self.name)
 
     def encode(self, tensor: torch.Tensor) -> np.ndarray:
+        import torch
+
         tensor = tensor.detach().to("cpu")
         if self.name in _FLOATS:
-            return tensor.to(_FLOATS[self.name]).contiguous().numpy()
+            return tensor.to(getattr(torch, self.name)).contiguous().numpy()
         x = tensor.float()
         exact = (x.abs().amax(dim=-1, keepdim=True) / 127).clamp_min(_SMALLEST_SCALE)
         scale = exact.half()
@@ -57,6 +62,8 @@ class Codec:
         return torch.cat([q, scale.view(torch.int8)], dim=-1).contiguous().numpy()
 
     def decode(self, array: np.ndarray) -> torch.Tensor:
+        import torch
+
         tensor = torch.from_numpy(np.ascontiguousarray(array))
         if self.name in _FLOATS:
             return tensor

@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def fingerprint_tensors(tensors: Mapping[str, torch.Tensor]) -> str:
     """SHA-256 of names, shapes, dtypes and bytes: the weights a computation really used,
     whether they came from a checkpoint, a seeded initialisation or a resized table."""
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().to("cpu").contiguous()

@@ -12,14 +12,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tuner.core.cache._fingerprint import key_digest
 from tuner.core.cache._set import ENTRY_SUFFIX, FeatureSet
 from tuner.core.errors import ConfigError
 from tuner.core.fsutil import atomic_write
+
+if TYPE_CHECKING:  # torch is imported by the commands that train, not by `tuner studies`
+    import torch
 
 KEY_FILE = "key.json"
 LOCK_FILE = ".lock"

@@ -6,11 +6,14 @@ import contextlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from tuner.core.cache._codec import HEADER_BYTES, Codec
+
+if TYPE_CHECKING:
+    import torch
 
 ENTRY_SUFFIX = ".npy"
 

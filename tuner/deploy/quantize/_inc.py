@@ -50,12 +50,15 @@ class Method:
     """One way to quantize: `config()` builds INC's config and `skip()` the config that keeps a
     module in FP32; `exported` methods run on the PT2E graph (export, prepare, calibrate,
     convert, fold), the others on the eager module; `calibrate` is "all" windows, "one batch"
-    (so that weight observers run at all) or "none"."""
+    (so that weight observers run at all) or "none". `deferred(isa)` says why, on a CPU with
+    these instruction sets, the method is not expected to win (it is then tried under
+    `--method auto` only when the others leave nothing worth shipping), or "" when it is."""
 
     config: Callable[[], Any]
     skip: Callable[[], Any]
     exported: bool
     calibrate: str = "all"
+    deferred: Callable[[dict[str, bool]], str] = lambda isa: ""
 
 
 def _inc(name: str, **options) -> Callable[[], Any]:
@@ -72,12 +75,37 @@ METHODS: Registry = Registry("quantization method")
 METHODS["static"] = Method(  # W8A8
     _inc("StaticQuantConfig"), _inc("StaticQuantConfig", w_dtype="fp32", act_dtype="fp32"), True
 )
+
+
+def int8_dot_product(isa: dict[str, bool]) -> bool:
+    """VNNI or AMX: the instructions that make oneDNN's int8 GEMMs faster than FP32 ones."""
+    return bool(isa.get("avx512_vnni") or isa.get("amx_int8"))
+
+
+def _dominated_by_static(isa: dict[str, bool]) -> str:
+    return (
+        "dominated by static on any CPU: the same int8 kernels plus a per-call activation "
+        "quantization; tried only when static leaves nothing worth shipping"
+    )
+
+
+def _no_int8_compute(isa: dict[str, bool]) -> str:
+    if not int8_dot_product(isa):
+        return ""  # without VNNI/AMX, W8A8 gains little speed: size decides, so try it
+    return (
+        "this CPU has int8 dot-product instructions (VNNI/AMX), used by the W8A8 kernels, while "
+        "weight-only int8 dequantizes to FP32 at each call and runs eager; tried only when the "
+        "W8A8 methods leave nothing worth shipping"
+    )
+
+
 # Dynamic quantization needs one forward before convert, or every weight scale stays 1.0.
 METHODS["dynamic"] = Method(
     _inc("DynamicQuantConfig"),
     _inc("DynamicQuantConfig", w_dtype="fp32", act_dtype="fp32"),
     exported=True,
     calibrate="one batch",
+    deferred=_dominated_by_static,
 )
 # int8 per output channel; layer-wise loading would need `accelerate`.
 METHODS["weight_only"] = Method(
@@ -85,7 +113,31 @@ METHODS["weight_only"] = Method(
     _inc("RTNConfig", dtype="fp32"),
     exported=False,
     calibrate="none",
+    deferred=_no_int8_compute,
 )
+
+
+def plan_methods(asked: str, isa: dict[str, bool]) -> tuple[list[str], dict[str, str]]:
+    """(methods to run first, {deferred method: why}). `asked` is `auto` (the plan below),
+    `all` (every method, none deferred) or method names separated by commas (exactly those:
+    naming a method forces it)."""
+    if asked == "all":
+        return list(METHODS), {}
+    if asked != "auto":
+        names = [name.strip() for name in asked.split(",") if name.strip()]
+        for name in names:
+            method_of(name)
+        return names, {}
+    first, deferred = [], {}
+    for name, method in METHODS.items():
+        why = method.deferred(isa)
+        if why:
+            deferred[name] = why
+        else:
+            first.append(name)
+    if not first:  # every method deferred: nothing would run
+        return list(METHODS), {}
+    return first, deferred
 
 
 def fallback_groups(model: torch.nn.Module) -> list[str]:

@@ -3,6 +3,8 @@ one written (or nothing, when every candidate loses more accuracy than allowed).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +25,21 @@ from tuner.deploy.quantize._inc import (
     calibration_windows,
     fallback_groups,
     ipex_status,
+    plan_methods,
     quantize_model,
 )
-from tuner.deploy.quantize._measure import Measurement, choose, folder_size, measure
-from tuner.deploy.quantize._report import QuantizeReport
+from tuner.deploy.quantize._measure import (
+    Measurement,
+    archive_size,
+    choose,
+    gzipped_bytes,
+    latency_basis,
+    measurement,
+    median_latency_ms,
+    shippable,
+    tensor_bytes,
+)
+from tuner.deploy.quantize._report import QuantizeReport, utc_now, versions
 from tuner.deploy.quantize._store import (
     MODEL_DIR,
     QuantizationError,
@@ -38,7 +51,9 @@ from tuner.deploy.quantize._store import (
 
 @dataclass
 class QuantizeOptions:
-    method: str = "auto"  # a name in METHODS, or auto: each one, the best kept
+    # auto: the methods this CPU's ISA favours, the others only if those leave nothing worth
+    # shipping (`plan_methods`); all: every method; or names in METHODS, comma-separated.
+    method: str = "auto"
     tolerance: float = 1.0  # allowed mIoU drop, in points (1.0 = 0.01 mIoU)
     calib: int = 16  # training images for calibration
     compile: bool = True  # torch.compile (Inductor, freezing): where int8 kernels come from
@@ -50,6 +65,17 @@ class QuantizeOptions:
 
 
 # The whole job --------------------------------------------------------------------------------
+def _evaluate(name: str, model, val_set, crop, boundary_tolerance: int) -> dict:
+    """Accuracy of one model on the val set (`name` says which, for logs and tests)."""
+    return evaluate(
+        model, val_set, crop, torch.device("cpu"), boundary_tolerance=boundary_tolerance
+    )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def quantize_checkpoint(
     checkpoint: Path,
     data_root: Path,
@@ -60,12 +86,13 @@ def quantize_checkpoint(
 ) -> QuantizeReport:
     """Quantize, measure against FP32, gate on the tolerance, then (only if it passes) write
     the INT8 model and its report to `out_dir`. `source` records where the checkpoint came
-    from (default: its path).
+    from (default: its path); its `checkpoint_artifact_id` becomes `source_artifact_id`.
 
-    Each method is quantized once; when its mIoU drop (measured eagerly, which is cheap) exceeds
-    the tolerance, it is quantized again with one more suspect module kept in FP32
-    (`fallback_groups`), up to `fallback_steps` times. Only the accepted model of each method is
-    compiled and measured for the table."""
+    Each model is compiled once and scored once: a candidate is compiled, scored, and when its
+    mIoU drop exceeds the tolerance quantized again with one more suspect module kept in FP32
+    (`fallback_groups`), up to `fallback_steps` times; only the accepted one is timed. Under
+    `--method auto`, methods the CPU's ISA rules out run only if the others leave nothing worth
+    shipping; the report lists them under `skipped`."""
     _quiet_inc()
     usable, ipex_line = ipex_status()
     if options.backend == "ipex":
@@ -76,6 +103,7 @@ def quantize_checkpoint(
     info = cpu_info()
     log(f"CPU: {isa_summary(info)}; torch threads: {torch.get_num_threads()}")
     log(ipex_line)
+    first, deferred = plan_methods(options.method, info["isa"])
 
     fp32, ckpt = load_segmenter(checkpoint, "cpu")
     # Adapters are folded into their Linears first: the deployed model has no extra layers,
@@ -83,54 +111,59 @@ def quantize_checkpoint(
     merge_adapters(fp32)
     config, crop = ckpt.config.replace(adapter="none"), ckpt.config.image_size
     val_set = CityscapesDataset(data_root, "val", limit=options.val_limit)
-    windows = calibration_windows(CityscapesDataset(data_root, "train"), crop, options.calib)
+    train_set = CityscapesDataset(data_root, "train")
+    windows = calibration_windows(train_set, crop, options.calib)
     latency_set = [
         normalize(image_tensor(val_set.image(i)))
         for i in range(min(options.latency_images, len(val_set)))
     ]
     if options.compile:
         _configure_inductor()
+    tolerance_px = config.boundary_tolerance
 
-    def row(name: str, model, size_bytes: int, compiled: bool) -> Measurement:
-        return measure(
-            name,
-            model,
-            val_set,
-            crop,
-            latency_set,
-            options.latency_repeats,
-            size_bytes,
-            compiled,
-            config.boundary_tolerance,
-        )
+    def timed(name: str, model, metrics: dict, sizes: tuple[int, int | None], compiled: bool):
+        latency = median_latency_ms(model, latency_set, crop, options.latency_repeats)
+        basis = latency_basis(latency_set, crop, options.latency_repeats, compiled)
+        return measurement(name, metrics, latency, basis, *sizes, compiled)
 
-    def miou(model) -> float:
-        return evaluate(model, val_set, crop, torch.device("cpu"))["miou"]
+    state = io.BytesIO()
+    torch.save(fp32.state_dict(), state)
+    fp32_sizes = (tensor_bytes(fp32), gzipped_bytes(state.getvalue()))
+    baselines: dict[bool, Measurement] = {}
+
+    def baseline(compiled: bool) -> Measurement:
+        """FP32 run as a candidate is (compiled or eager), measured once, when first needed."""
+        if compiled not in baselines:
+            name = f"fp32 {'compiled' if compiled else 'eager'}"
+            log(f"measuring {name} ...")
+            model = torch.compile(fp32) if compiled else fp32
+            metrics = _evaluate(name, model, val_set, crop, tolerance_px)
+            baselines[compiled] = timed(name, model, metrics, fp32_sizes, compiled)
+        return baselines[compiled]
+
+    # The gate: FP32 run the way the INT8 kernels are (compiled, when compiling).
+    fp32_result = baseline(options.compile)
+    groups = fallback_groups(fp32)
+    candidates: list[Measurement] = []
+    models: dict[str, tuple] = {}
 
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_file = Path(tmp) / "fp32_state_dict.pt"
-        torch.save(fp32.state_dict(), fp32_file)
-        log("measuring FP32 ...")
-        # FP32 eager always; FP32 compiled too when compiling, so that every INT8 model is
-        # compared with the FP32 model run the same way.
-        fp32_size = fp32_file.stat().st_size
-        baselines = [row("fp32", fp32, fp32_size, compiled=False)]
-        if options.compile:
-            baselines.append(row("fp32", torch.compile(fp32), fp32_size, compiled=True))
-        fp32_result = min(baselines, key=lambda v: v.latency_ms)
-        groups = fallback_groups(fp32)
 
-        methods = list(METHODS) if options.method == "auto" else [options.method]
-        candidates, models = [], {}
-        for method in methods:
-            kept: list[str] = []
+        def run(method: str) -> None:
+            # Weight-only layers recompile per module under torch.compile; measure them eager.
+            compiled = options.compile and METHODS[method].exported
+            if compiled != options.compile:
+                baseline(compiled)  # its "speed vs FP32" is against FP32 run the same way
+            name, kept = f"int8 {method}", []
             while True:
                 note = f" (kept in FP32: {', '.join(kept)})" if kept else ""
                 log(f"quantizing: {method}{note} ...")
                 model, example = quantize_model(
                     method, fp32, crop, windows, tuple(kept), options.backend
                 )
-                drop = (fp32_result.miou - miou(model)) * 100
+                runnable = torch.compile(model) if compiled else model
+                metrics = _evaluate(name, runnable, val_set, crop, tolerance_px)
+                drop = (fp32_result.miou - metrics["miou"]) * 100
                 steps_left = len(kept) < min(options.fallback_steps, len(groups))
                 if drop <= options.tolerance or not steps_left:
                     break
@@ -138,22 +171,42 @@ def quantize_checkpoint(
                 kept.append(groups[len(kept)])
             staging = Path(tmp) / method
             save_quantized(model, method, example, staging)
-            # Weight-only layers recompile per module under torch.compile; measure them eager.
-            compiled = options.compile and METHODS[method].exported
-            variant = row(
-                f"int8 {method}",
-                torch.compile(model) if compiled else model,
-                folder_size(staging / MODEL_DIR),
-                compiled,
-            )
+            sizes = (tensor_bytes(model), archive_size(staging / MODEL_DIR))
+            variant = timed(name, runnable, metrics, sizes, compiled)
             variant.kept_fp32 = kept
-            variant.passed = (fp32_result.miou - variant.miou) * 100 <= options.tolerance
+            variant.passed = drop <= options.tolerance
             candidates.append(variant)
-            models[variant.name] = (model, staging, method)
+            models[name] = (model, staging, method)
+
+        for method in first:
+            run(method)
+        skipped = []
+        if deferred and shippable(fp32_result, candidates):
+            skipped = [{"name": f"int8 {m}", "reason": why} for m, why in deferred.items()]
+            for entry in skipped:
+                log(f"skipped {entry['name']}: {entry['reason']} (--method names it to force it)")
+        else:
+            for method in deferred:
+                run(method)
 
         chosen, reason = choose(fp32_result, candidates, options.tolerance)
+        source = source or {"checkpoint": str(Path(checkpoint).resolve())}
         report = QuantizeReport(
-            chosen.name, fp32_result, candidates, options.tolerance, info, reason, baselines
+            chosen.name,
+            fp32_result,
+            candidates,
+            options.tolerance,
+            info,
+            reason,
+            sorted(baselines.values(), key=lambda b: b.compiled),
+            created_utc=utc_now(),
+            versions=versions(),
+            val_images=len(val_set),
+            calibration_images=min(options.calib, len(train_set)),
+            calibration_windows=len(windows),
+            skipped=skipped,
+            source={**source, "checkpoint_sha256": _sha256(checkpoint)},
+            source_artifact_id=source.get("checkpoint_artifact_id"),
         )
         if not chosen.passed or chosen.size_bytes > fp32_result.size_bytes:
             raise QuantizationError(
@@ -168,6 +221,5 @@ def quantize_checkpoint(
             model, staging, method, config, latency_set[0], crop
         )
         report.output_dir = str(out_dir)
-        source = source or {"checkpoint": str(Path(checkpoint).resolve())}
-        write_output(out_dir, staging, method, config, source, report)
+        write_output(out_dir, staging, method, config, report.source, report)
     return report

@@ -2,44 +2,71 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tuner.deploy.quantize._measure import Measurement
+from tuner.core.environment import package_versions
+from tuner.deploy.quantize._measure import SIZE_BASIS, Measurement
+
+# The packages whose versions decide the numbers (INC's PyTorch wheel is neural-compressor-pt).
+VERSIONED = ("sam-tuner", "torch", "torchao", "neural-compressor-pt", "neural-compressor", "optuna")
+
+
+def versions() -> dict[str, str]:
+    return package_versions(VERSIONED)
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 @dataclass
 class QuantizeReport:
     chosen: str
-    fp32: Measurement
+    fp32: Measurement  # the baseline every candidate is gated on (compiled when compiling)
     candidates: list[Measurement]
     tolerance: float
     cpu: dict[str, Any]
     reason: str
-    baselines: list[Measurement] = field(default_factory=list)  # FP32 eager (and compiled)
-    output_dir: str | None = None
+    baselines: list[Measurement] = field(default_factory=list)  # fp32 eager, fp32 compiled
+    output_dir: str | None = None  # the final folder (never a staging one)
     reload_max_abs_diff: float | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)  # trial; top: the --top K table
+    created_utc: str = ""  # ISO 8601, UTC
+    versions: dict[str, str] = field(default_factory=dict)
+    val_images: int = 0  # images every model was scored on
+    calibration_images: int = 0  # training images calibrated on ...
+    calibration_windows: int = 0  # ... and the crop-sized windows cut from them
+    size_basis: str = SIZE_BASIS
+    skipped: list[dict[str, str]] = field(default_factory=list)  # {name, reason}: not run
+    source: dict[str, Any] = field(default_factory=dict)  # where the FP32 checkpoint came from
+    source_artifact_id: str | None = None  # the FP32 checkpoint's artifact (best.pt)
+    output_artifact_id: str | None = None  # the INT8 folder's .tar.gz (null inside it)
 
     def to_dict(self) -> dict[str, Any]:
-        """As stored (comparison.json, the study): every measurement with its size in MB and
-        as a ratio of the FP32 file."""
+        """As stored (comparison.json, quantization.json, the study): every measurement with
+        its size in MB and as ratios of the FP32 model's, counted the same way."""
         data = asdict(self)
         for row in [data["fp32"], *data["candidates"], *data["baselines"]]:
             row["size_mb"] = round(row["size_bytes"] / 1e6, 3)
             row["size_ratio"] = round(row["size_bytes"] / self.fp32.size_bytes, 4)
+            if row["archive_bytes"] and self.fp32.archive_bytes:
+                row["archive_ratio"] = round(row["archive_bytes"] / self.fp32.archive_bytes, 4)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizeReport:
-        """Back from JSON (a study's user attr, comparison.json)."""
+        """Back from JSON (a study's user attr, comparison.json), older reports included."""
         variants = ("fp32", "candidates", "baselines")
+        known = {f.name for f in dataclasses.fields(cls)}
 
         def measurement(row: dict[str, Any]) -> Measurement:
             return Measurement(**{k: v for k, v in row.items() if k in Measurement.FIELDS})
 
         return cls(
-            **{k: v for k, v in data.items() if k not in variants},
+            **{k: v for k, v in data.items() if k in known and k not in variants},
             fp32=measurement(data["fp32"]),
             candidates=[measurement(v) for v in data["candidates"]],
             baselines=[measurement(v) for v in data.get("baselines", [])],

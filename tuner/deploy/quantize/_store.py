@@ -223,6 +223,17 @@ def write_comparison(folder: Path, report: QuantizeReport) -> None:
     (folder / COMPARISON_FILE).write_text(json.dumps(report.to_dict(), indent=2))
 
 
+def write_report(folder: Path, report: QuantizeReport) -> None:
+    """Update the report in both files of a written folder (once its final place and its
+    artifact id are known), so that neither names a staging folder."""
+    meta_path = Path(folder) / META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["report"] = report.to_dict()
+    meta["source"] = report.source or meta.get("source")
+    meta_path.write_text(json.dumps(meta, indent=2))
+    write_comparison(Path(folder), report)
+
+
 def archive(folder: Path) -> Path:
     """A .tar.gz of a quantized model folder, for the study's artifact store."""
     target = folder.with_name(folder.name + ".tar.gz")

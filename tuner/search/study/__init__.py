@@ -2,7 +2,12 @@
 many trials it runs and what becomes of an interrupted one (`budget`), what it found (`inspect`)
 and the files beside it (`artifacts`). Samplers and pruners are in `tuner.search.samplers`."""
 
-from tuner.search.study.artifacts import KeepBestCheckpoints, fetch_checkpoint, upload
+from tuner.search.study.artifacts import (
+    KeepBestCheckpoints,
+    fetch_checkpoint,
+    replace_study_artifact,
+    upload,
+)
 from tuner.search.study.budget import (
     StopAtBudget,
     counted_trials,
@@ -45,6 +50,7 @@ __all__ = [
     "open_study",
     "ranked_trials",
     "redact",
+    "replace_study_artifact",
     "requeue",
     "state_counts",
     "trials_to_run",

@@ -1,13 +1,18 @@
-"""Files in a study's artifact store: a trial's checkpoint down, any file up, and the weights
-of trials outside the best K dropped (`keep_checkpoints`)."""
+"""Files in a study's artifact store: a trial's checkpoint down, any file up (under a name that
+says what it holds, with its MIME type), and the weights of trials outside the best K dropped
+(`keep_checkpoints`)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import optuna
-from optuna.artifacts import download_artifact, upload_artifact
+from optuna.artifacts import ArtifactMeta, download_artifact, upload_artifact
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.trial import FrozenTrial, TrialState
 
@@ -48,9 +53,104 @@ def fetch_checkpoint(
     return dest
 
 
-def upload(study_or_trial, store, path: Path) -> str:
-    """Put a file into the artifact store, attached to a study or a trial; its artifact id."""
-    return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study_or_trial)
+# By suffix, longest first. Stated, not guessed: Python's mimetypes reads `.pt` as
+# application/vnd.snesdev-page-table and `.tar.gz` as a tar with a gzip *encoding*.
+MIMETYPES = {
+    ".tar.gz": "application/gzip",
+    ".tgz": "application/gzip",
+    ".gz": "application/gzip",
+    ".pt": "application/octet-stream",
+    ".pth": "application/octet-stream",
+    ".pt2": "application/octet-stream",
+    ".safetensors": "application/octet-stream",
+    ".npz": "application/octet-stream",
+    ".json": "application/json",
+    ".yaml": "application/yaml",
+    ".yml": "application/yaml",
+    ".html": "text/html",
+    ".csv": "text/csv",
+    ".txt": "text/plain",
+    ".md": "text/markdown",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+}
+STUDY_ARTIFACT_PREFIX = "artifacts:"  # optuna's key for a study artifact's metadata
+
+
+def mimetype_of(name: str) -> str:
+    """The MIME type a browser should get for a file of this name."""
+    lower = name.lower()
+    for suffix in sorted(MIMETYPES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return MIMETYPES[suffix]
+    return "application/octet-stream"
+
+
+def upload(
+    study_or_trial, store, path: Path, name: str | None = None, mimetype: str | None = None
+) -> str:
+    """Put a file into the artifact store, attached to a study or a trial, under `name` (default:
+    the file's own name) and its MIME type (default: by `mimetype_of`); its artifact id."""
+    path = Path(path)
+    name = name or path.name
+    mimetype = mimetype or mimetype_of(name)
+    if name == path.name:
+        return _upload(study_or_trial, store, path, mimetype)
+    if "/" in name or os.sep in name:
+        raise ValueError(f"artifact name {name!r}: a file name, without folders")
+    with tempfile.TemporaryDirectory(prefix="artifact-") as tmp:
+        named = Path(tmp) / name  # optuna names an artifact after the file it reads
+        try:
+            os.link(path, named)
+        except OSError:  # another file system: copy instead
+            shutil.copyfile(path, named)
+        return _upload(study_or_trial, store, named, mimetype)
+
+
+def _upload(study_or_trial, store, path: Path, mimetype: str) -> str:
+    return upload_artifact(
+        artifact_store=store,
+        file_path=str(path),
+        study_or_trial=study_or_trial,
+        mimetype=mimetype,
+        # The type says it all: an encoding would be taken for a transfer encoding
+        # (optuna guesses "gzip" for .tar.gz).
+        encoding="identity",
+    )
+
+
+def study_artifacts(study: optuna.Study, name: str | None = None) -> list[ArtifactMeta]:
+    """The study's own artifacts (not its trials'), or those called `name`. Removed ones are
+    skipped (optuna's get_all_artifact_meta fails on them)."""
+    found = []
+    for key, value in study._storage.get_study_system_attrs(study._study_id).items():
+        meta = json.loads(value) if key.startswith(STUDY_ARTIFACT_PREFIX) else None
+        if meta is not None and (name is None or meta["filename"] == name):
+            found.append(ArtifactMeta(**meta))
+    return found
+
+
+def remove_study_artifact(study: optuna.Study, store, artifact_id: str) -> None:
+    """Remove a study artifact from the store and from the study's list (as the dashboard's
+    delete button does); one already gone is not an error."""
+    with contextlib.suppress(ArtifactNotFound, FileNotFoundError):
+        store.remove(artifact_id)
+    study._storage.set_study_system_attr(
+        study._study_id, STUDY_ARTIFACT_PREFIX + artifact_id, json.dumps(None)
+    )
+
+
+def replace_study_artifact(
+    study: optuna.Study, store, path: Path, name: str | None = None, mimetype: str | None = None
+) -> str:
+    """Upload a study artifact and remove earlier ones of the same name, so that each name in
+    the dashboard's list stands for one file; the new artifact id."""
+    name = name or Path(path).name
+    earlier = [m.artifact_id for m in study_artifacts(study, name)]
+    artifact_id = upload(study, store, path, name=name, mimetype=mimetype)
+    for old in earlier:
+        remove_study_artifact(study, store, old)
+    return artifact_id
 
 
 class KeepBestCheckpoints:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -73,33 +72,17 @@ def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
-def list_studies(storage_url: str | None) -> list[list[Any]]:
+def list_studies(storage_url: str | None) -> list[tuple[optuna.Study, dict[str, int]]]:
+    """Every study in the storage, with its trials counted by state."""
     try:
         storage = open_storage(storage_url, create=False)
     except StudyError:
         return []
-    rows = []
+    found = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
-        counts = state_counts(trials)
-        best = best_trials(study)
-        best_text = (
-            "; ".join(f"#{t.number}: " + ", ".join(f"{v:.4f}" for v in t.values) for t in best[:3])
-            or "-"
-        )
-        rows.append(
-            [
-                summary.study_name,
-                len(trials),
-                counts.get("COMPLETE", 0),
-                counts.get("PRUNED", 0),
-                counts.get("FAIL", 0),
-                counts.get("RUNNING", 0) + counts.get("WAITING", 0),
-                best_text,
-            ]
-        )
-    return rows
+        found.append((study, state_counts(study.get_trials(deepcopy=False))))
+    return found
 
 
 def checkpoint_location(study: optuna.Study, trial: FrozenTrial) -> str:

@@ -137,9 +137,9 @@ def open_study(
         for point in space.points():
             study.enqueue_trial(point, skip_if_exists=True)
     if existing is None:
-        study.set_user_attr(attrs.SEARCH_SPACE, text)
+        attrs.set_record(study, attrs.SEARCH_SPACE, text)
         study.set_metric_names(space.metric_names)
-    elif existing.user_attrs.get(attrs.SEARCH_SPACE) not in (None, text):
+    elif attrs.record(study, attrs.SEARCH_SPACE) not in (None, text):
         print(
             f"note: {space.source} differs from the space study {space.study!r} was created "
             "with; earlier and new trials mix"
