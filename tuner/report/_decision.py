@@ -6,8 +6,8 @@ import html
 
 import optuna
 
+from tuner.report._quantization import Int8Result, int8_result
 from tuner.report._sections import SECTIONS, Section, metric_label, trial_label
-from tuner.search import attrs
 from tuner.search.study import best_trials, metric_names
 from tuner.search.study.inspect import still_improving
 from tuner.search.verdict import Verdict, decide
@@ -57,12 +57,9 @@ def _paragraphs(study: optuna.Study, verdict: Verdict) -> str:
             + "; ".join(details)
             + "</p>"
         )
-    report = attrs.record(study, attrs.QUANTIZATION)
-    if report:
-        number = report.get("extras", {}).get("trial")
-        quantized = next((t for t in study.trials if t.number == number), None)
-        interval = quantized.user_attrs.get(attrs.MIOU_CI) if quantized else None
-        parts.append(f"<p><b>INT8:</b> {html.escape(int8_summary(report, interval))}</p>")
+    result = int8_result(study)
+    if result is not None:
+        parts.append(f"<p><b>INT8:</b> {html.escape(int8_summary(result))}</p>")
     rising = [
         s.trial.number for s, _ in [(best, None), *verdict.compared] if still_improving(s.trial)
     ]
@@ -75,29 +72,24 @@ def _paragraphs(study: optuna.Study, verdict: Verdict) -> str:
     return "".join(parts)
 
 
-def int8_summary(report: dict, fp32_interval: list[float] | None) -> str:
+def int8_summary(result: Int8Result) -> str:
     """The chosen INT8 model against FP32 in one sentence: its change in mIoU signed as a gain
     or a loss, and set against the noise: the 95 % interval (over validation images) of the
     FP32 run it was quantized from."""
-    chosen = next(c for c in report["candidates"] if c["name"] == report["chosen"])
-    fp32 = report["fp32"]
-    change = round((chosen["miou"] - fp32["miou"]) * 100, 2) + 0.0  # as printed; no "-0.00"
-    direction = "gain" if change > 0 else "loss" if change < 0 else "no change"
     text = (
-        f"{chosen['name']} of trial {report.get('extras', {}).get('trial')}: mIoU "
-        f"{chosen['miou']:.4f} against FP32's {fp32['miou']:.4f} in the same run, "
-        f"{change:+.2f} points ({direction})"
+        f"{result.name} of trial {result.trial}: mIoU {result.miou:.4f} against FP32's "
+        f"{result.fp32_miou:.4f} in the same run, {result.change_points:+.2f} points "
+        f"({result.direction})"
     )
-    if fp32_interval:
-        low, high = fp32_interval
-        where = "inside" if low <= chosen["miou"] <= high else "outside"
+    if result.interval is not None:
+        low, high = result.interval
+        where = "inside" if result.inside_noise else "outside"
         text += (
             f", {where} the noise: the FP32 run's 95 % interval over validation images is "
             f"[{low:.4f}, {high:.4f}]"
         )
     return (
-        text
-        + f"; {fp32['latency_ms'] / chosen['latency_ms']:.2f}x the FP32 speed (both measured in "
-        f"that run); {chosen['size_bytes'] / fp32['size_bytes']:.0%} of its size (tensor bytes, "
-        "uncompressed, counted alike for both; comparison.json also has the gzipped sizes)."
+        text + f"; {result.speedup:.2f}x the FP32 speed (both measured in that run); "
+        f"{result.size_ratio:.0%} of its size (tensor bytes, uncompressed, counted alike for "
+        "both; comparison.json also has the gzipped sizes)."
     )

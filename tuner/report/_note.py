@@ -11,6 +11,7 @@ import optuna
 
 from tuner.core.text import short
 from tuner.report._provenance import provenance
+from tuner.report._quantization import int8_result
 from tuner.report._sections import metric_label
 from tuner.search import attrs
 from tuner.search.leaderboard import leaderboard_rows
@@ -107,49 +108,32 @@ def _leaderboard(study: optuna.Study) -> list[str]:
 
 
 def _quantization(study: optuna.Study, report: dict[str, Any] | None) -> list[str]:
-    """The INT8 result in words: the chosen candidate against FP32 (speed: in the same mode),
-    and whether the change in mIoU is inside the FP32 run's own 95 % interval."""
+    """The INT8 result in words (`Int8Result`, as the report states it), and whether the
+    change in mIoU is inside the FP32 run's own 95 % interval."""
     if not report:
         return []
-    chosen = next((c for c in report.get("candidates", []) if c["name"] == report["chosen"]), None)
-    fp32 = report["fp32"]
-    if chosen is None:
+    result = int8_result(study)
+    if result is None:
         return ["### INT8", f"No INT8 candidate chosen: {report.get('reason', '')}".rstrip(": ")]
-    same_mode = next(
-        (b for b in report.get("baselines", []) if b.get("compiled") == chosen.get("compiled")),
-        fp32,
-    )
-    points = (chosen["miou"] - fp32["miou"]) * 100
-    change = "gain" if points > 0 else "loss" if points < 0 else "no change"
-    trial = report.get("extras", {}).get("trial")
-    of = f" of trial #{trial}" if trial is not None else ""
-    speed = same_mode["latency_ms"] / chosen["latency_ms"]
-    basis = chosen.get("latency_basis", "")
-    derived = " (derived, not measured)" if basis.startswith("derived") else ""
+    of = f" of trial #{result.trial}" if result.trial is not None else ""
+    derived = " (derived, not measured)" if result.derived else ""
     lines = [
         "### INT8",
-        f"**{chosen['name']}**{of}: mIoU {chosen['miou']:.4f} vs FP32 {fp32['miou']:.4f}, "
-        f"{points:+.2f} points of mIoU ({change}); "
-        f"{chosen['latency_ms']:.1f} ms vs {same_mode['latency_ms']:.1f} ms, "
-        f"{speed:.2f}x the FP32 speed{derived}; "
-        f"{chosen['size_bytes'] / fp32['size_bytes']:.0%} of the FP32 size.",
+        f"**{result.name}**{of}: mIoU {result.miou:.4f} vs FP32 {result.fp32_miou:.4f}, "
+        f"{result.change_points:+.2f} points of mIoU ({result.direction}); "
+        f"{result.latency_ms:.1f} ms vs {result.fp32_latency_ms:.1f} ms, "
+        f"{result.speedup:.2f}x the FP32 speed{derived}; "
+        f"{result.size_ratio:.0%} of the FP32 size.",
     ]
-    interval = _trial_interval(study, trial)
-    if interval is not None and interval[0] <= chosen["miou"] <= interval[1]:
+    if result.inside_noise:
+        low, high = result.interval
         lines.append(
-            f"The INT8 mIoU lies inside the FP32 run's 95 % interval [{interval[0]:.4f}, "
-            f"{interval[1]:.4f}]: the {change} is within the noise of the validation images."
+            f"The INT8 mIoU lies inside the FP32 run's 95 % interval [{low:.4f}, "
+            f"{high:.4f}]: the {result.direction} is within the noise of the validation images."
         )
-    if report.get("reason"):
-        lines.append(f"Why: {report['reason']}")
+    if result.reason:
+        lines.append(f"Why: {result.reason}")
     return lines
-
-
-def _trial_interval(study: optuna.Study, number: Any) -> tuple[float, float] | None:
-    """The 95 % interval over validation images a trial recorded, if it did."""
-    trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    recorded = trials[0].user_attrs.get(attrs.MIOU_CI) if trials else None
-    return (float(recorded[0]), float(recorded[1])) if recorded else None
 
 
 def _params(params: dict[str, Any]) -> str:

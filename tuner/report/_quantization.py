@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -155,6 +156,75 @@ def _single_row(report: dict) -> dict:
         "fp32_miou": report["fp32"]["miou"],
         "latency_basis": chosen.get("latency_basis"),
     }
+
+
+@dataclass(frozen=True)
+class Int8Result:
+    """The chosen INT8 model against FP32, as every surface states it (the report's decision and
+    the dashboard's note): the change in mIoU in points, rounded as printed and signed as a gain
+    or a loss; speed against the FP32 baseline run the same way (compiled or eager), as the
+    FP32-vs-INT8 table counts it; and the 95 % interval of the FP32 run it came from."""
+
+    name: str
+    trial: int | None
+    miou: float
+    fp32_miou: float
+    latency_ms: float
+    fp32_latency_ms: float
+    size_ratio: float
+    derived: bool  # its latency was derived, not measured
+    interval: tuple[float, float] | None
+    reason: str
+
+    @property
+    def change_points(self) -> float:
+        return round((self.miou - self.fp32_miou) * 100, 2) + 0.0  # as printed; no "-0.00"
+
+    @property
+    def direction(self) -> str:
+        change = self.change_points
+        return "gain" if change > 0 else "loss" if change < 0 else "no change"
+
+    @property
+    def speedup(self) -> float:
+        return self.fp32_latency_ms / self.latency_ms
+
+    @property
+    def inside_noise(self) -> bool | None:
+        """Whether the INT8 mIoU lies inside the FP32 run's interval (None: none recorded)."""
+        if self.interval is None:
+            return None
+        return self.interval[0] <= self.miou <= self.interval[1]
+
+
+def int8_result(study: optuna.Study) -> Int8Result | None:
+    """What `tuner quantize` shipped for this study, or None (not quantized, nothing chosen)."""
+    report = attrs.record(study, attrs.QUANTIZATION)
+    if not report:
+        return None
+    chosen = next((c for c in report.get("candidates", []) if c["name"] == report["chosen"]), None)
+    if chosen is None:
+        return None
+    fp32 = report["fp32"]
+    same_mode = next(
+        (b for b in report.get("baselines", []) if b.get("compiled") == chosen.get("compiled")),
+        fp32,
+    )
+    number = report.get("extras", {}).get("trial")
+    trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    recorded = trials[0].user_attrs.get(attrs.MIOU_CI) if trials else None
+    return Int8Result(
+        name=chosen["name"],
+        trial=number,
+        miou=chosen["miou"],
+        fp32_miou=fp32["miou"],
+        latency_ms=chosen["latency_ms"],
+        fp32_latency_ms=same_mode["latency_ms"],
+        size_ratio=chosen["size_bytes"] / fp32["size_bytes"],
+        derived=chosen.get("latency_basis", "").startswith("derived"),
+        interval=(float(recorded[0]), float(recorded[1])) if recorded else None,
+        reason=report.get("reason", ""),
+    )
 
 
 # The columns a half-width card or a PNG has room for; the HTML report shows them all.
