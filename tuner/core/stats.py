@@ -139,6 +139,11 @@ class Estimate:
     seeds: int
 
     @property
+    def interval_text(self) -> str:
+        """ "[low, high]" at 4 decimals: how every surface prints it."""
+        return f"[{self.low:.4f}, {self.high:.4f}]"
+
+    @property
     def method(self) -> str:
         seeds = f" and {self.seeds} seeds" if self.seeds > 1 else ", one seed"
         return f"95 % BCa bootstrap over {self.images} validation images{seeds}"

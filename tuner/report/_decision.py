@@ -34,9 +34,7 @@ def _paragraphs(study: optuna.Study, verdict: Verdict) -> str:
     metric = metric_label(verdict.metric)
     score = f"{metric} {best.mean:.4f}"
     if best.score:  # the interval of this same value, not of one seed's run
-        score += (
-            f", 95 % interval [{best.score.low:.4f}, {best.score.high:.4f}] ({best.score.method})"
-        )
+        score += f", 95 % interval {best.score.interval_text} ({best.score.method})"
     if len(best.runs) > 1:
         runs = ", ".join(f"{v:.4f}" for v in best.values)
         score += f"; the mean of {len(best.runs)} seeds ({runs})"

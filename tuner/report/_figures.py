@@ -68,12 +68,13 @@ PLURALS = {"loss": "losses", "head": "heads", "model": "models"}
 
 
 def comparison(study: optuna.Study) -> Section | None:
-    """Each completed configuration: its score (mean over seeds), the 95 % bootstrap interval of
-    its trial, and each seed's value. Pruned trials stand apart, at the score they had when
+    """Each completed configuration: its score (mean over seeds), the 95 % interval of that
+    mean, and each seed's value. Pruned trials stand apart, at the score they had when
     they stopped: fewer epochs, so not comparable with the completed ones."""
     if len(study.directions) > 1:
         return None
-    ranked = standings(study)
+    verdict = decide(study)  # the standings, with their scores
+    ranked = verdict.ranked if verdict is not None else standings(study)
     pruned = [t for t in finished_trials(study) if t.state == TrialState.PRUNED]
     if not ranked and not pruned:
         return None
@@ -95,9 +96,6 @@ def comparison(study: optuna.Study) -> Section | None:
         subplot_titles=("completed", "pruned") if pruned else None,
     )
     metric = metric_label(metric_names(study)[0])
-    verdict = decide(study)
-    if verdict is not None:  # the same standings, with their scores
-        ranked = verdict.ranked
     xs = [label(s.trial) for s in ranked]
     errors = [
         (s.mean - s.score.low, s.score.high - s.mean) if s.score else (0.0, 0.0) for s in ranked

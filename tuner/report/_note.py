@@ -54,9 +54,7 @@ def _decision(verdict: Verdict) -> list[str]:
     of = f"mean of {seeds} seeds: {runs}" if seeds > 1 else "one seed"
     headline = f"**Best: #{best.trial.number}**: {metric} **{best.mean:.4f}** ({of})"
     if best.score is not None:
-        headline += (
-            f"; 95 % interval [{best.score.low:.4f}, {best.score.high:.4f}] ({best.score.method})"
-        )
+        headline += f"; 95 % interval {best.score.interval_text} ({best.score.method})"
     else:
         headline += "; no interval (no per-image counts recorded)"
     params = ", ".join(f"`{k}={short(v)}`" for k, v in best.trial.params.items())
@@ -172,5 +170,5 @@ def headline(study: optuna.Study) -> str | None:
         else (f"#{best.trial.number}: {best.mean:.4f} (one seed)")
     )
     if best.score is not None:
-        text += f", 95 % interval [{best.score.low:.4f}, {best.score.high:.4f}]"
+        text += f", 95 % interval {best.score.interval_text}"
     return f"{text}; {verdict.text}. The note has the details."

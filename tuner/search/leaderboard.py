@@ -28,7 +28,7 @@ from tuner.search.verdict import Standing, Verdict, decide, standings
 def _interval_text(standing: Standing) -> str:
     """The interval of the mean shown beside it; "-" without per-image counts."""
     score = standing.score
-    return f"[{score.low:.4f}, {score.high:.4f}]" if score else "-"
+    return score.interval_text if score else "-"
 
 
 def _seeds(standing: Standing) -> str:
@@ -153,9 +153,7 @@ def _describe_standing(study: optuna.Study, verdict: Verdict) -> list[str]:
     else:
         lines.append(f"  {metric}: {best.mean:.4f} (one seed)")
     if best.score is not None:
-        lines.append(
-            f"  95% interval: [{best.score.low:.4f}, {best.score.high:.4f}] ({best.score.method})"
-        )
+        lines.append(f"  95% interval: {best.score.interval_text} ({best.score.method})")
     else:
         lines.append("  95% interval: not recorded (no per-image counts)")
     lines.append(_params(trial))
