@@ -24,6 +24,7 @@ NAMES = (
     "gpu",
     "checkpoints",
     "plan",
+    "adapters",
 )
 
 

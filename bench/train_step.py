@@ -151,12 +151,13 @@ def compile_cost(quick: bool) -> list[dict]:
 def adapter_costs(quick: bool) -> list[dict]:
     """Fine-tuning methods side by side, per model: everything trains (freeze 0), the head alone
     on a frozen encoder (from images; cached features make it cheaper still, see bench cache),
-    and LoRA on every block of the frozen encoder (SAMed's rank 4 on q and v, and rank 16 on
-    all of qkv). LoRA trains few parameters but back-propagates through every block."""
+    and adapters on every block of the frozen encoder: LoRA (SAMed's rank 4 on q and v, and rank
+    16 on all of qkv), ConvLoRA (rank 4 on q and v, the paper's 8 experts) and AdaptFormer
+    (width 64). Adapters train few parameters but back-propagate through every block."""
     if quick:
         plans = [("sam_tiny", (64, 128), 2, 1)]
     else:
-        plans = [("sam_tiny", (256, 512), 2, 3), ("vit_b", (512, 512), 1, 2)]
+        plans = [("sam_tiny", (256, 512), 2, 7), ("vit_b", (512, 512), 1, 4)]
     rows = []
     for model, size, batch, repeats in plans:
         base = TrainConfig(model=model, head="linear", image_size=size, batch_size=batch)
@@ -168,6 +169,10 @@ def adapter_costs(quick: bool) -> list[dict]:
             "lora r16 qkv": base.replace(
                 freeze_depth=depth, adapter="lora", lora_rank=16, lora_targets="qkv"
             ),
+            "convlora r4 qv 8 experts": base.replace(
+                freeze_depth=depth, adapter="convlora", lora_rank=4
+            ),
+            "adaptformer d64": base.replace(freeze_depth=depth, adapter="adaptformer"),
         }
         timed = {}
         for method, config in methods.items():

@@ -31,9 +31,18 @@ EXPECTED_KEYS = {
     "views": {"results"},
     "checkpoints": {"artifact_bytes_before", "artifact_bytes_after", "after_over_before"},
     "plan": {"studies"},
+    "adapters": {"results", "methods"},
 }
 # What each quick run must also show, beyond its keys.
 CHECKS = {
+    "adapters": lambda r: (
+        {"convlora r4 qv 8 experts", "adaptformer d64", "lora r4 qv"} <= set(r["methods"])
+        and all(
+            row["trainable_params"] < row["total_params"]
+            for row in r["results"]
+            if row["method"] != "full fine-tune"
+        )
+    ),
     "checkpoints": lambda r: r["artifact_bytes_after"] < r["artifact_bytes_before"],
     "plan": lambda r: all(
         s["cache_bytes"]["projected"] == s["cache_bytes"]["measured"] and s["trials"]

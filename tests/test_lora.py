@@ -3,17 +3,11 @@ the merge folds it away, checkpoints carry it, bad settings are named, the cache
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-import yaml
-from click.testing import CliRunner
-from optuna.trial import TrialState
+from adapted import SIZE, adapted_config, trained_a_little
 
-from tuner.cli import main
 from tuner.core.cache import FeatureCache
-from tuner.core.checkpoint import load_segmenter
 from tuner.core.config import LORA_TARGETS, TrainConfig
 from tuner.core.data.cityscapes import CityscapesDataset
 from tuner.core.errors import ConfigError
@@ -22,24 +16,10 @@ from tuner.core.model import build_segmenter
 from tuner.core.model.adapters import TARGETS, LoRALinear, adapter_parameters, merge_adapters
 from tuner.core.registry import HEADS, LOSSES
 from tuner.core.train import fit
-from tuner.deploy.quantize import load_quantized
-from tuner.report._optuna_figures import ABSENT, optuna_figures, with_absent_params
-from tuner.search.space import find_space, load_space
-from tuner.search.study import load_existing_study, open_storage
-
-SIZE = (64, 128)
 
 
 def lora_config(**changes) -> TrainConfig:
-    values = dict(image_size=SIZE, head="conv", freeze_depth=6, adapter="lora", lora_rank=4)
-    return TrainConfig(**{**values, **changes})
-
-
-def trained_a_little(model: torch.nn.Module) -> None:
-    """Give every adapter a non-zero update, as training would."""
-    with torch.no_grad():
-        for p in adapter_parameters(model):
-            p.normal_(0, 0.05)
+    return adapted_config(changes.pop("adapter", "lora"), **changes)
 
 
 def test_the_config_names_what_the_adapters_module_implements():
@@ -130,28 +110,6 @@ def test_merged_model_agrees_with_the_adapted_one(targets):
     assert not torch.equal(adapted, build_segmenter(lora_config(head="linear")).eval()(images))
 
 
-def test_checkpoint_round_trip_keeps_adapter_weights_and_config(tiny_data, tiny_config, tmp_path):
-    config = tiny_config.replace(freeze_depth=4, adapter="lora", lora_rank=2, lora_targets="qkv")
-    logs: list[str] = []
-    summary = fit(
-        config,
-        CityscapesDataset(tiny_data, "train"),
-        CityscapesDataset(tiny_data, "val"),
-        out_dir=tmp_path,
-        progress=False,
-        log=logs.append,
-    )
-    assert any("lora rank 2 on qkv" in line and "trainable" in line for line in logs)
-    model, ckpt = load_segmenter(summary.checkpoint)
-    assert ckpt.config == config
-    saved = torch.load(summary.checkpoint, weights_only=True)
-    adapter_keys = [k for k in saved["state_dict"] if ".down." in k or ".up." in k]
-    assert len(adapter_keys) == 2 * 4  # one down and one up per adapted block
-    assert any(saved["state_dict"][k].abs().sum() > 0 for k in adapter_keys if ".up." in k)
-    for key in adapter_keys:
-        assert torch.equal(model.state_dict()[key], saved["state_dict"][key])
-
-
 def test_lora_blocks_are_not_served_from_the_frozen_prefix_cache(tiny_config):
     model = build_segmenter(lora_config(freeze_depth=4))
     assert model.freeze_depth == 4 and model.prefix_depth == 0 and not model.fully_frozen
@@ -181,7 +139,7 @@ def test_lora_trial_does_not_touch_the_cache(tiny_data, tiny_config, tmp_path):
         ({"lora_rank": 0}, r"lora_rank=0: expected an integer from 1 to 128 \(the width of"),
         ({"lora_rank": 129}, r"lora_rank=129: expected an integer from 1 to 128"),
         ({"lora_targets": "q"}, r"lora_targets='q': expected qv or qkv or qkv_proj or all_linear"),
-        ({"adapter": "dora"}, r"adapter='dora': expected one of none, lora"),
+        ({"adapter": "dora"}, r"adapter='dora': expected one of none, lora, convlora, adaptformer"),
         ({"freeze_depth": 0}, r"adapter='lora': expected none unless freeze_depth >= 1"),
         ({"lora_alpha": 0.0}, r"lora_alpha=0.0: expected a positive number"),
     ],
@@ -194,65 +152,3 @@ def test_bad_lora_settings_are_named(changes, message):
 def test_rank_wider_than_the_model_is_refused_when_building():
     with pytest.raises(ConfigError, match="lora_rank=999: expected 1 to 128"):
         build_segmenter(lora_config(lora_rank=999))
-
-
-def test_adapters_space_enumerates_none_and_lora_points():
-    space = load_space(find_space("adapters"))
-    points = space.points()
-    assert space.enumerated and space.trial_budget == len(points) == 8
-    assert {"adapter": "none", "freeze_depth": 0} in points
-    assert {"adapter": "none", "freeze_depth": 6} in points
-    lora = [p for p in points if p["adapter"] == "lora"]
-    assert {(p["lora_rank"], p["lora_targets"]) for p in lora} == {
-        (r, t) for r in (4, 8, 16) for t in ("qv", "qkv")
-    }
-    assert all(p["freeze_depth"] == 6 for p in lora)
-
-
-@pytest.mark.slow
-def test_lora_trains_evaluates_and_quantizes_from_the_cli(tiny_data, tuner_home, tmp_path):
-    run = tmp_path / "run"
-    train = ["train", "--data", str(tiny_data), "--out", str(run), "--adapter", "lora"]
-    train += ["--lora-rank", "4", "--freeze-depth", "4", "--head", "linear", "--epochs", "1"]
-    train += ["--batch-size", "2", "--image-size", "64", "128", "--threads", "2"]
-    result = CliRunner().invoke(main, train, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    assert "lora rank 4 on qv" in result.output
-    checkpoint = run / "best.pt"
-    evaluate = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(tiny_data)]
-    result = CliRunner().invoke(main, evaluate, catch_exceptions=False)
-    assert result.exit_code == 0 and "miou" in result.output.lower(), result.output
-    out = tmp_path / "int8"
-    quantize = ["quantize", "--checkpoint", str(checkpoint), "--data", str(tiny_data)]
-    quantize += ["--method", "static", "--no-compile", "--calib", "4", "--out", str(out)]
-    quantize += ["--tolerance", "100"]
-    result = CliRunner().invoke(main, quantize, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    model, config = load_quantized(out)
-    assert config.adapter == "none"  # merged: the deployed model has no extra layers
-    assert not any(isinstance(m, LoRALinear) for m in model.modules())
-    assert not any(".down." in k or ".up." in k for k in model.state_dict())
-
-
-@pytest.mark.slow
-def test_adapters_study_runs_and_its_report_shows_the_adapter_dimensions(tuner_home, tmp_path):
-    shipped = yaml.safe_load(find_space("adapters").read_text())
-    shipped["fixed"].update(epochs=1, batch_size=2, image_size=[64, 128], threads=2)
-    shipped["synthetic"] = {"train": 4, "val": 2, "height": 128, "width": 256}
-    space = tmp_path / "adapters.yaml"
-    space.write_text(yaml.safe_dump(shipped))
-    args = ["run", "--study", "adapters", "--space", str(space), "--no-report"]
-    result = CliRunner().invoke(main, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    study = load_existing_study("adapters", open_storage(None))
-    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert sorted(map(str, (t.params for t in complete))) == sorted(
-        map(str, load_space(space).points())
-    )
-    filled = with_absent_params(study)
-    figures = {s.key: s.figure for s in optuna_figures(study) if s.figure is not None}
-    parallel = json.dumps(figures["parallel"].to_plotly_json()["data"], default=str)
-    importances = json.dumps(figures["importances"].to_plotly_json()["data"], default=str)
-    for name in ("adapter", "lora_rank", "lora_targets"):
-        assert name in parallel and name in importances
-    assert len(filled.trials) == 8 and ABSENT in parallel

@@ -145,12 +145,22 @@ def config_options(fn):
             type=click.IntRange(min=0),
             help="freeze the first N encoder blocks and the embedding before them (0: train all)",
         ),
-        click.option("--adapter", type=RegistryChoice(ADAPTERS), help="on the frozen blocks"),
-        click.option("--lora-rank", type=COUNT, help="rank of the LoRA updates"),
+        click.option(
+            "--adapter",
+            type=RegistryChoice(ADAPTERS),
+            help="fine-tuning method, on the frozen blocks (convlora and adaptformer: on every "
+            "block, the encoder frozen, unless --freeze-depth says otherwise)",
+        ),
+        click.option("--lora-rank", type=COUNT, help="rank of the LoRA (and ConvLoRA) updates"),
         click.option("--lora-alpha", type=POSITIVE, help="updates are scaled by alpha / rank"),
         click.option(
-            "--lora-targets", type=click.Choice(LORA_TARGETS), help="Linears that LoRA adapts"
+            "--lora-targets",
+            type=click.Choice(LORA_TARGETS),
+            help="Linears that LoRA (and ConvLoRA) adapts",
         ),
+        click.option("--convlora-experts", type=COUNT, help="ConvLoRA: convolution scales 1..N"),
+        click.option("--adapter-dim", type=COUNT, help="AdaptFormer: bottleneck width"),
+        click.option("--adapter-scale", type=POSITIVE, help="AdaptFormer: output scale"),
         click.option(
             "--lr",
             type=POSITIVE,
@@ -175,6 +185,6 @@ def config_options(fn):
 def build_config(config_file: Path | None, **flags) -> TrainConfig:
     values = {}
     if config_file is not None:
-        values = TrainConfig.from_file(config_file).to_dict()
+        values = TrainConfig.read_file(config_file)  # its keys, so defaults stay defaults
     values.update({k: v for k, v in flags.items() if v is not None})
     return TrainConfig.from_dict(values, source=str(config_file or "command line"))

@@ -21,6 +21,9 @@ from tuner.core.registry import ENCODERS, FIELD_REGISTRIES
 
 # What LoRA may adapt in each block (tuner.core.model.adapters.TARGETS implements them).
 LORA_TARGETS = ("qv", "qkv", "qkv_proj", "all_linear")
+# Adapters whose published recipes freeze the whole encoder and adapt every block: a config
+# that names one without a freeze_depth gets that placement (tuner.core.model.adapters).
+ENCODER_FROZEN_BY_DEFAULT = ("convlora", "adaptformer")
 # Metrics that can pick the best checkpoint: all are "higher is better".
 MONITORS = ("val_miou", "val_boundary_f1", "val_pixel_acc")
 # How the frozen-prefix cache stores features (int8: per-token absmax, tuner.core.cache).
@@ -36,10 +39,13 @@ class TrainConfig:
     head: str = "conv"  # registry.HEADS
     loss: str = "ce"  # registry.LOSSES
     freeze_depth: int = 0  # patch/pos embedding + the first k encoder blocks are frozen
-    adapter: str = "none"  # registry.ADAPTERS: none | lora (on the frozen blocks)
-    lora_rank: int = 4
+    adapter: str = "none"  # registry.ADAPTERS: none | lora | convlora | adaptformer
+    lora_rank: int = 4  # lora and convlora
     lora_alpha: float = 4.0  # the update is scaled by alpha / rank
     lora_targets: str = "qv"  # qv (SAMed) | qkv | qkv_proj | all_linear
+    convlora_experts: int = 8  # convlora: 3x3 convolutions at scales 1..N (the paper's 8)
+    adapter_dim: int = 64  # adaptformer: bottleneck width
+    adapter_scale: float = 0.1  # adaptformer: the bottleneck's output is scaled by this
     sam_checkpoint: str | None = None  # official sam_vit_*.pth to start from
 
     # How it is optimised.
@@ -114,12 +120,21 @@ class TrainConfig:
                     f"{source}: unknown key {key!r}; expected one of: {', '.join(sorted(known))}"
                 )
         converted = {k: coerce_field(k, v, source) for k, v in values.items()}
+        if converted.get("adapter") in ENCODER_FROZEN_BY_DEFAULT and "freeze_depth" not in values:
+            model = converted.get("model", cls.model)
+            if model in ENCODERS:  # else validate() names the model
+                converted["freeze_depth"] = ENCODERS[model].depth
         config = cls(**converted)
         config.validate(source)
         return config
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
+        return cls.from_dict(cls.read_file(path), source=str(path))
+
+    @staticmethod
+    def read_file(path: str | Path) -> dict[str, Any]:
+        """A config file's keys, unchecked (`from_dict` checks them)."""
         path = Path(path)
         try:
             values = yaml.safe_load(path.read_text()) or {}
@@ -129,7 +144,7 @@ class TrainConfig:
             raise ConfigError(f"{path}: not valid YAML/JSON: {exc}") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of config keys, got {type(values)}")
-        return cls.from_dict(values, source=str(path))
+        return values
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -155,6 +170,12 @@ class TrainConfig:
             fail("lora_rank", f"an integer from 1 to {width} (the width of {self.model})")
         if not self.lora_alpha > 0:
             fail("lora_alpha", "a positive number")
+        if not 1 <= self.convlora_experts <= 16:
+            fail("convlora_experts", "an integer from 1 to 16 (scales 1..N)")
+        if not 1 <= self.adapter_dim <= 4 * width:
+            fail("adapter_dim", f"an integer from 1 to {4 * width} (4x the width of {self.model})")
+        if not self.adapter_scale > 0:
+            fail("adapter_scale", "a positive number")
         if self.batch_size < 1:
             fail("batch_size", "an integer >= 1")
         if self.micro_batch_size is not None and self.micro_batch_size < 1:

@@ -61,6 +61,10 @@ class Registry(MutableMapping, Generic[T]):
             before = set(self._items)
             importlib.import_module(self.provider)
             self._check_declared(set(self._items) - before)
+            # In the declared order (the provider's import order is an accident), then the rest.
+            order = {name: index for index, name in enumerate(self.declared)}
+            ranked = sorted(self._items, key=lambda name: order.get(name, len(order)))
+            self._items = {name: self._items[name] for name in ranked}
 
     def _check_declared(self, registered: set[str]) -> None:
         """The provider registered exactly the declared names (those registered before it
@@ -131,7 +135,9 @@ ENCODERS: Registry = Registry(
     "tuner.core.model.backbone",
     ("sam_tiny", "sam_tiny_scratch", "vit_b", "vit_l", "vit_h"),
 )
-ADAPTERS: Registry = Registry("adapter", "tuner.core.model.adapters", ("none", "lora"))
+ADAPTERS: Registry = Registry(
+    "adapter", "tuner.core.model.adapters", ("none", "lora", "convlora", "adaptformer")
+)
 
 # The TrainConfig fields whose values are registry names.
 FIELD_REGISTRIES: dict[str, Registry] = {

@@ -38,7 +38,7 @@ from tuner.core.inference import architecture_latency_ms, evaluate, set_mode
 from tuner.core.losses import get_loss
 from tuner.core.metrics import SegmentationMetrics
 from tuner.core.model import Segmenter, build_segmenter
-from tuner.core.model.adapters import merge_adapters
+from tuner.core.model.adapters import describe_adapter, merge_adapters
 from tuner.core.stats import PerImage
 
 
@@ -312,9 +312,7 @@ def fit(
         extras = [f"cache {'on' if trainer.prefix else 'off'}"]
         if trainer.compiled:
             extras.append("compiled")
-        adapter = ""
-        if config.adapter != "none":
-            adapter = f", {config.adapter} rank {config.lora_rank} on {config.lora_targets}"
+        adapter = f", {describe_adapter(config)}" if config.adapter != "none" else ""
         log(
             f"{config.model}/{config.head}, loss={config.loss}, "
             f"freeze_depth={config.freeze_depth}{adapter}: {trainable:,} of {total:,} parameters "

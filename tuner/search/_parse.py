@@ -124,17 +124,23 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
 
 
 def _conditions(when: Any, before: list[Param], source: str, name: str):
-    """`when: {param: value, ...}` over params declared before this one."""
+    """`when: {param: value or [values], ...}` over params declared before this one."""
     where = f"{source}: params.{name}.when"
     if not isinstance(when, dict) or not when:
         raise ConfigError(f"{where}: expected a mapping of earlier params to values")
     known = {p.name: p for p in before}
+    conditions = []
     for key, value in when.items():
         if key not in known:
             raise ConfigError(f"{where}: {key!r} is not a param declared before {name}")
-        if known[key].kind == "categorical" and value not in known[key].options:
-            raise ConfigError(f"{where}: {key}={value!r} is not one of its choices")
-    return tuple(when.items())
+        values = tuple(value) if isinstance(value, list) else (value,)
+        if not values:
+            raise ConfigError(f"{where}: {key}: expected a value or a non-empty list of values")
+        for one in values:
+            if known[key].kind == "categorical" and one not in known[key].options:
+                raise ConfigError(f"{where}: {key}={one!r} is not one of its choices")
+        conditions.append((key, values))
+    return tuple(conditions)
 
 
 def _exclusions(raw: Any, params: tuple[Param, ...], sampler: dict, source: str):

@@ -65,12 +65,12 @@ class Param:
     # For list-valued fields (image_size): the values behind the choices, which Optuna stores
     # as labels ("256x512") because its categorical choices must be scalars.
     values: tuple[Any, ...] = ()
-    # Suggested only when the params before it have these values (LoRA's rank only with
-    # adapter: lora); otherwise the field keeps its fixed or default value.
-    when: tuple[tuple[str, Any], ...] = ()
+    # Suggested only when the params before it have one of these values (LoRA's rank only with
+    # adapter lora or convlora); otherwise the field keeps its fixed or default value.
+    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     def applies(self, chosen: dict[str, Any]) -> bool:
-        return all(chosen.get(name) == value for name, value in self.when)
+        return all(chosen.get(name) in values for name, values in self.when)
 
     def decode(self, choice: Any) -> Any:
         return self.values[self.choices.index(choice)] if self.values else choice

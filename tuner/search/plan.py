@@ -49,6 +49,8 @@ COST_FIELDS = (
     "adapter",
     "lora_rank",
     "lora_targets",
+    "convlora_experts",
+    "adapter_dim",
     "sam_checkpoint",
     "batch_size",
     "micro_batch_size",

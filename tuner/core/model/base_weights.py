@@ -37,8 +37,9 @@ from tuner.core.cache import fingerprint_tensors
 from tuner.core.model.segmenter import Segmenter
 from tuner.core.registry import ENCODERS
 
-# A LoRA-wrapped Linear keeps its frozen weight under `<linear>.base.`: the base's own name.
-_WRAPPED = re.compile(r"\.base(?=\.(weight|bias)$)")
+# An adapter keeps the module it wraps under `<module>.base.` (LoRA's Linear, AdaptFormer's
+# MLP): without that, the base's own name.
+_WRAPPED = re.compile(r"\.base(?=\.)")
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,25 @@ def median_latency_ms(model, images: list[torch.Tensor], crop, repeats: int) -> 
     return statistics.median(times) * 1000
 
 
+def interleaved_latency_ms(models: list, images: list[torch.Tensor], crop, repeats: int):
+    """Median ms per whole image of each model, timed in turns (model A on every image, then
+    B, then A again...) after one warm-up pass each, so that a slower or faster spell of a
+    shared machine falls on all of them alike: two models timed minutes apart on these 2-core
+    machines differed by up to 25 % with nothing changed."""
+    times: list[list[float]] = [[] for _ in models]
+    with torch.no_grad():
+        for model in models:
+            for image in images:
+                predict_logits(model, image.unsqueeze(0), crop)
+        for _ in range(repeats):
+            for model, spent in zip(models, times):
+                for image in images:
+                    start = time.perf_counter()
+                    predict_logits(model, image.unsqueeze(0), crop)
+                    spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) * 1000 for spent in times]
+
+
 def latency_basis(images: list[torch.Tensor], crop, repeats: int, compiled: bool) -> str:
     """What a latency figure is, stored beside it: measured here, and how."""
     height, width = images[0].shape[-2:] if images else (0, 0)

@@ -3,6 +3,7 @@ one written (or nothing, when every candidate loses more accuracy than allowed).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import tempfile
@@ -17,7 +18,13 @@ from tuner.core.data.transforms import image_tensor, normalize
 from tuner.core.environment import cpu_info, isa_summary
 from tuner.core.errors import UserError
 from tuner.core.inference import evaluate
-from tuner.core.model.adapters import merge_adapters
+from tuner.core.model.adapters import (
+    deployed_config,
+    describe_adapter,
+    has_adapters,
+    merge_adapters,
+    strip_adapters,
+)
 from tuner.deploy.quantize._inc import (
     METHODS,
     _configure_inductor,
@@ -33,13 +40,14 @@ from tuner.deploy.quantize._measure import (
     archive_size,
     choose,
     gzipped_bytes,
+    interleaved_latency_ms,
     latency_basis,
     measurement,
     median_latency_ms,
     shippable,
     tensor_bytes,
 )
-from tuner.deploy.quantize._report import QuantizeReport, utc_now, versions
+from tuner.deploy.quantize._report import AdapterCost, QuantizeReport, utc_now, versions
 from tuner.deploy.quantize._store import (
     MODEL_DIR,
     QuantizationError,
@@ -106,10 +114,11 @@ def quantize_checkpoint(
     first, deferred = plan_methods(options.method, info["isa"])
 
     fp32, ckpt = load_segmenter(checkpoint, "cpu")
-    # Adapters are folded into their Linears first: the deployed model has no extra layers,
-    # and its config says so.
+    # LoRA is folded into its Linears first: the deployed model has no extra layers, and its
+    # config says so. ConvLoRA and AdaptFormer cannot be folded: INT8 quantizes them too, and
+    # `adapter_costs` times the model without them (the graph a merged LoRA has) beside it.
     merge_adapters(fp32)
-    config, crop = ckpt.config.replace(adapter="none"), ckpt.config.image_size
+    config, crop = deployed_config(ckpt.config, fp32), ckpt.config.image_size
     val_set = CityscapesDataset(data_root, "val", limit=options.val_limit)
     train_set = CityscapesDataset(data_root, "train")
     windows = calibration_windows(train_set, crop, options.calib)
@@ -216,6 +225,12 @@ def quantize_checkpoint(
                 f"{chosen.size_bytes / fp32_result.size_bytes:.0%} of the FP32 size. Nothing "
                 "was written. Try another --method, more --calib images or a larger --tolerance."
             )
+        if has_adapters(fp32):
+            report.adapter_costs = _adapter_costs(
+                fp32, fp32_result, chosen, models, crop, windows, latency_set, options
+            )
+            for cost in report.adapter_costs:
+                log(f"{describe_adapter(ckpt.config)}: {cost.describe()}")
         model, staging, method = models[chosen.name]
         report.reload_max_abs_diff = verify_reload(
             model, staging, method, config, latency_set[0], crop
@@ -223,3 +238,39 @@ def quantize_checkpoint(
         report.output_dir = str(out_dir)
         write_output(out_dir, staging, method, config, report.source, report)
     return report
+
+
+# Alternating rounds of the adapted model and the one without adapters: at least this many.
+ADAPTER_COST_REPEATS = 5
+
+
+def _adapter_costs(
+    fp32, gate: Measurement, chosen: Measurement, models, crop, windows, latency_set, options
+) -> list[AdapterCost]:
+    """The FP32 gate model and the chosen INT8 model, each timed against the same model without
+    its adapters (quantized the same way), in alternating rounds and run the same way
+    (compiled or eager) as its row in the table."""
+    plain = strip_adapters(copy.deepcopy(fp32))
+    pairs = [("fp32 without adapters", fp32, plain, gate)]
+    if chosen.name in models:
+        model, _, method = models[chosen.name]
+        plain_int8, _ = quantize_model(method, plain, crop, windows, (), options.backend)
+        pairs.append((f"int8 {method} without adapters", model, plain_int8, chosen))
+    repeats = max(options.latency_repeats, ADAPTER_COST_REPEATS)
+    costs = []
+    for name, adapted, without, row in pairs:
+        runnable = [torch.compile(m) if row.compiled else m for m in (adapted, without)]
+        adapted_ms, without_ms = interleaved_latency_ms(runnable, latency_set, crop, repeats)
+        basis = latency_basis(latency_set, crop, repeats, row.compiled)
+        costs.append(
+            AdapterCost(
+                name=name,
+                adapted=row.name,
+                compiled=row.compiled,
+                latency_ms=without_ms,
+                adapted_latency_ms=adapted_ms,
+                size_bytes=tensor_bytes(without),
+                latency_basis=f"{basis}; alternating with {row.name}, timed again",
+            )
+        )
+    return costs

@@ -23,6 +23,34 @@ def utc_now() -> str:
 
 
 @dataclass
+class AdapterCost:
+    """What unmergeable adapters (ConvLoRA, AdaptFormer) cost at inference: the same model with
+    its adapters removed, which is the graph a merged LoRA model has, timed the same way as the
+    adapted row it is compared with (`adapted`, that row's name) and in turns with it, so
+    `adapted_latency_ms` is that model timed again beside this one. Latency and size only: with
+    its adapters removed the model is not the trained one, so it has no accuracy."""
+
+    name: str
+    adapted: str
+    compiled: bool
+    latency_ms: float
+    adapted_latency_ms: float
+    size_bytes: int
+    latency_basis: str = ""
+
+    @property
+    def added_ms(self) -> float:
+        return self.adapted_latency_ms - self.latency_ms
+
+    def describe(self) -> str:
+        return (
+            f"adapters add {self.added_ms:+.1f} ms ({self.added_ms / self.latency_ms:+.0%}) to "
+            f"{self.adapted}: {self.adapted_latency_ms:.1f} against {self.latency_ms:.1f} ms, "
+            "timed in turns"
+        )
+
+
+@dataclass
 class QuantizeReport:
     chosen: str
     fp32: Measurement  # the baseline every candidate is gated on (compiled when compiling)
@@ -44,6 +72,7 @@ class QuantizeReport:
     source: dict[str, Any] = field(default_factory=dict)  # where the FP32 checkpoint came from
     source_artifact_id: str | None = None  # the FP32 checkpoint's artifact (best.pt)
     output_artifact_id: str | None = None  # the INT8 folder's .tar.gz (null inside it)
+    adapter_costs: list[AdapterCost] = field(default_factory=list)  # unmergeable adapters only
 
     def to_dict(self) -> dict[str, Any]:
         """As stored (comparison.json, quantization.json, the study): every measurement with
@@ -54,12 +83,14 @@ class QuantizeReport:
             row["size_ratio"] = round(row["size_bytes"] / self.fp32.size_bytes, 4)
             if row["archive_bytes"] and self.fp32.archive_bytes:
                 row["archive_ratio"] = round(row["archive_bytes"] / self.fp32.archive_bytes, 4)
+        for row, cost in zip(data["adapter_costs"], self.adapter_costs):
+            row["added_ms"] = round(cost.added_ms, 3)
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantizeReport:
         """Back from JSON (a study's user attr, comparison.json), older reports included."""
-        variants = ("fp32", "candidates", "baselines")
+        variants = ("fp32", "candidates", "baselines", "adapter_costs")
         known = {f.name for f in dataclasses.fields(cls)}
 
         def measurement(row: dict[str, Any]) -> Measurement:
@@ -70,6 +101,10 @@ class QuantizeReport:
             fp32=measurement(data["fp32"]),
             candidates=[measurement(v) for v in data["candidates"]],
             baselines=[measurement(v) for v in data.get("baselines", [])],
+            adapter_costs=[
+                AdapterCost(**{k: v for k, v in row.items() if k != "added_ms"})
+                for row in data.get("adapter_costs", [])
+            ],
         )
 
 
@@ -104,6 +139,22 @@ def comparison_rows(report: QuantizeReport) -> tuple[list[list[Any]], list[str]]
                 f"{v.size_bytes / report.fp32.size_bytes:.0%}",
                 "yes" if v.passed else "NO",
                 ", ".join(v.kept_fp32) or "-",
+            ]
+        )
+    for cost in report.adapter_costs:
+        rows.append(
+            [
+                f"{cost.name} (the merged-LoRA graph): {cost.describe()}",
+                "compiled" if cost.compiled else "eager",
+                "-",
+                "-",
+                "-",
+                f"{cost.latency_ms:.1f}",
+                "-",
+                f"{cost.size_bytes / 1e6:.2f}",
+                f"{cost.size_bytes / report.fp32.size_bytes:.0%}",
+                "-",
+                "-",
             ]
         )
     return rows, headers
