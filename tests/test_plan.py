@@ -192,3 +192,18 @@ def test_checkpoint_bytes_are_projected_from_the_delta(tiny_config, tiny_data, t
         actual = summary.checkpoint.stat().st_size
         assert abs(projected - actual) <= 0.1 * actual, (depth, projected, actual)
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_the_plan_says_how_far_rolling_confirmations_can_go(tiny_data, tuner_home, tmp_path):
+    # confirm: {top: 2, seeds: 1} plans 2 re-runs, but each confirmed configuration that falls
+    # back lets the next one rise and be confirmed: up to every one of the 7 losses.
+    space = shrunk_space("losses", tmp_path, pruner={"name": "none"})
+    plan = project(RunOptions("losses", str(space), data_root=str(tiny_data)), log=None)
+    planned = [t for t in plan.trials if t.confirmation]
+    searched = [t for t in plan.trials if not t.confirmation]
+    assert len(planned) == 2 and len(searched) == 7
+    assert plan.most_confirmations == 7
+    assert plan.most_seconds == pytest.approx(2 * sum(t.seconds for t in searched))
+    text = "\n".join(plan.lines())
+    assert "+ 2 confirmation(s) (up to 7 if confirmed ones fall back)" in text
+    assert "if every configuration is confirmed" in text

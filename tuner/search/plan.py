@@ -17,12 +17,14 @@ a choice: a ViT's tokens are the same size after every block, so only the neck (
 whole encoder is frozen) is smaller. The choice is printed, stored on the study and applied to
 every trial that caches a frozen prefix.
 
-Time is an upper bound: pruning, which stops some trials early, is not foreseen.
+Time assumes every trial runs all its epochs (pruning, which stops some early, is not foreseen).
+It is an estimate from timed steps, not a bound: the `adapters` study ran longer than planned.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +124,10 @@ class StudyPlan:
     enumerated: str  # how the trials were enumerated
     warnings: list[str] = field(default_factory=list)
     pareto: bool = False  # several objectives: the Pareto front keeps its weights, not K
+    # Confirmation rolls on (tuner.search.confirm): when a confirmed configuration falls back,
+    # the next one rises into the top and is confirmed in turn, up to every configuration.
+    most_confirmations: int = 0
+    most_seconds: float = 0.0  # every trial plus every configuration confirmed
 
     @property
     def seconds(self) -> float:
@@ -167,6 +173,8 @@ class StudyPlan:
         head = f"plan of study {self.study!r}: {len(main)} trial(s) ({self.enumerated})"
         if confirmations:
             head += f" + {confirmations} confirmation(s)"
+            if self.most_confirmations > confirmations:
+                head += f" (up to {self.most_confirmations} if confirmed ones fall back)"
         out = [
             f"{head}, {self.data.train_images} train / {len(self.data.val_sizes)} val images, "
             f"on {self.device}"
@@ -177,9 +185,12 @@ class StudyPlan:
         )
         if self.jobs > 1:
             time_line += f" with {self.jobs} workers"
+        if self.most_confirmations > confirmations:
+            most = _duration(self.most_seconds / max(1, self.jobs))
+            time_line += f" ({most} if every configuration is confirmed)"
         if self.device.startswith("cuda"):
             time_line += f" ({self.seconds / 3600:.2f} GPU-hours)"
-        out.append(time_line + "; an upper bound: pruning is not foreseen")
+        out.append(time_line + "; every epoch of every trial: pruning is not foreseen")
         cache = f"  feature cache: the trials compute {_bytes(self.cache_bytes_needed)} of features"
         if self.cache_bytes_needed:
             cache += (
@@ -263,8 +274,22 @@ def plan_study(
         enumerated=how,
         pareto=space.multi_objective,
     )
+    if space.confirm is not None:
+        plan.most_confirmations, plan.most_seconds = _rolling_confirmations(plan, space)
     plan.warnings = warnings(plan, replayed)
     return plan
+
+
+def _rolling_confirmations(plan: StudyPlan, space: SearchSpace) -> tuple[int, float]:
+    """How many confirmation runs, and how many seconds in all, if every configuration rises
+    into the top in turn: each distinct one re-run `seeds` times at its own trial's cost."""
+    first: dict[str, float] = {}
+    for trial in plan.trials:
+        if not trial.confirmation:
+            first.setdefault(json.dumps(trial.config.to_dict(), sort_keys=True), trial.seconds)
+    seeds = space.confirm.seeds
+    searched = sum(t.seconds for t in plan.trials if not t.confirmation)
+    return len(first) * seeds, searched + seeds * sum(first.values())
 
 
 def study_configs(
