@@ -24,7 +24,6 @@ It is an estimate from timed steps, not a bound: the `adapters` study ran longer
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -283,13 +282,16 @@ def plan_study(
 def _rolling_confirmations(plan: StudyPlan, space: SearchSpace) -> tuple[int, float]:
     """How many confirmation runs, and how many seconds in all, if every configuration rises
     into the top in turn: each distinct one re-run `seeds` times at its own trial's cost."""
-    first: dict[str, float] = {}
-    for trial in plan.trials:
-        if not trial.confirmation:
-            first.setdefault(json.dumps(trial.config.to_dict(), sort_keys=True), trial.seconds)
+    searched = [t for t in plan.trials if not t.confirmation]
+    first = [searched[i] for i in _first_of_each([t.config for t in searched])]
     seeds = space.confirm.seeds
-    searched = sum(t.seconds for t in plan.trials if not t.confirmation)
-    return len(first) * seeds, searched + seeds * sum(first.values())
+    seconds = sum(t.seconds for t in searched) + seeds * sum(t.seconds for t in first)
+    return len(first) * seeds, seconds
+
+
+def _first_of_each(configs: list[TrainConfig]) -> list[int]:
+    """Indices of each distinct configuration's first occurrence (a grid may repeat points)."""
+    return [i for i, config in enumerate(configs) if config not in configs[:i]]
 
 
 def study_configs(
@@ -324,7 +326,7 @@ def confirmation_configs(
         cost = costs[cost_signature(config)]
         return (cost.prefix_cached, cost.checkpoint_bytes, cost.step_seconds)
 
-    distinct = [c for i, c in enumerate(configs) if c not in configs[:i]]
+    distinct = [configs[i] for i in _first_of_each(configs)]
     ranked = sorted(distinct, key=weight, reverse=True)
     chosen: list[TrainConfig] = []
     for config in ranked:  # one per cached prefix first ...

@@ -56,27 +56,19 @@ def named_classes(values: list[float | None]) -> dict[str, float | None]:
 
 # Measuring --------------------------------------------------------------------------------
 def median_latency_ms(model, images: list[torch.Tensor], crop, repeats: int) -> float:
-    """Median seconds per whole image (sliding windows included), after one warm-up pass."""
-    times = []
-    with torch.no_grad():
-        for image in images:  # warm-up (and compilation, for compiled models)
-            predict_logits(model, image.unsqueeze(0), crop)
-        for _ in range(repeats):
-            for image in images:
-                start = time.perf_counter()
-                predict_logits(model, image.unsqueeze(0), crop)
-                times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    """Median ms per whole image (sliding windows included), after one warm-up pass."""
+    return interleaved_latency_ms([model], images, crop, repeats)[0]
 
 
 def interleaved_latency_ms(models: list, images: list[torch.Tensor], crop, repeats: int):
-    """Median ms per whole image of each model, timed in turns (model A on every image, then
-    B, then A again...) after one warm-up pass each, so that a slower or faster spell of a
-    shared machine falls on all of them alike: two models timed minutes apart on these 2-core
-    machines differed by up to 25 % with nothing changed."""
+    """Median ms per whole image (sliding windows included) of each model, timed in turns
+    (model A on every image, then B, then A again...) after one warm-up pass each (compilation,
+    for compiled models), so that a slower or faster spell of a shared machine falls on all of
+    them alike: two models timed minutes apart on these 2-core machines differed by up to 25 %
+    with nothing changed."""
     times: list[list[float]] = [[] for _ in models]
     with torch.no_grad():
-        for model in models:
+        for model in models:  # warm-up
             for image in images:
                 predict_logits(model, image.unsqueeze(0), crop)
         for _ in range(repeats):
