@@ -25,6 +25,7 @@ NAMES = (
     "checkpoints",
     "plan",
     "adapters",
+    "search",
 )
 
 

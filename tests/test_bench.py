@@ -32,6 +32,7 @@ EXPECTED_KEYS = {
     "checkpoints": {"artifact_bytes_before", "artifact_bytes_after", "after_over_before"},
     "plan": {"studies"},
     "adapters": {"results", "methods"},
+    "search": {"table", "full", "grid", "stop", "chosen", "ranking"},
 }
 # What each quick run must also show, beyond its keys.
 CHECKS = {
@@ -44,6 +45,13 @@ CHECKS = {
         )
     ),
     "checkpoints": lambda r: r["artifact_bytes_after"] < r["artifact_bytes_before"],
+    "search": lambda r: (
+        r["table"]["configurations"] >= 150
+        and all(set(s["regret_mean"]) == {"25%", "50%", "100%"} for s in r["full"].values())
+        and r["full"]["tpe, warm-started"]["warm_up_cost"] > 0
+        and r["chosen"]["full"] in r["full"]
+        and r["chosen"]["grid_pruner"] in r["grid"]
+    ),
     "plan": lambda r: all(
         s["cache_bytes"]["projected"] == s["cache_bytes"]["measured"] and s["trials"]
         for s in r["studies"]

@@ -10,7 +10,7 @@ from tuner.cli._data import data
 from tuner.cli._deploy import quantize
 from tuner.cli._options import TunerGroup
 from tuner.cli._report import dashboard, report
-from tuner.cli._search import best, cache, plan, run, studies
+from tuner.cli._search import best, cache, plan, record_curves, run, studies
 from tuner.cli._train import evaluate, export, predict, train
 
 
@@ -29,6 +29,7 @@ for command in (
     export,
     plan,
     run,
+    record_curves,
     studies,
     best,
     cache,

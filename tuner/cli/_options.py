@@ -94,6 +94,14 @@ CACHE_LIMIT = click.option(
 )
 
 
+JOBS = click.option(
+    "--jobs", default=1, show_default=True, type=COUNT, help="worker processes on this machine"
+)
+DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="default: auto")
+THREADS = click.option("--threads", type=COUNT, help="CPU threads per worker")
+CHECKPOINT = click.option("--checkpoint", type=click.Path(path_type=Path), help="official SAM .pth")
+
+
 def _study_name(ctx, param, value):
     if value is None:
         return None

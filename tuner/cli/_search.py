@@ -9,14 +9,53 @@ import click
 
 from tuner.cli._options import (
     CACHE_LIMIT,
+    CHECKPOINT,
     COUNT,
+    DEVICE,
     FROM_SCRATCH,
+    JOBS,
     POSITIVE,
     STORAGE,
+    THREADS,
     data_option,
     study_option,
 )
 from tuner.core import paths
+
+
+@click.command("record-curves")
+@study_option(help_text="the study whose space's record: grid is recorded")
+@click.option("--space", "space_file", type=click.Path(path_type=Path), help="search space YAML")
+@STORAGE
+@data_option("Cityscapes root (default: the embedded synthetic set)")
+@CHECKPOINT
+@JOBS
+@DEVICE
+@THREADS
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="table file (default: <tuner home>/NAME.curves.json)",
+)
+def record_curves(study, space_file, data_root, checkpoint, out, **options) -> None:
+    """Record the learning-curve table of a space's record: grid (every level, every seed),
+    for replaying searches on it (python -m bench search). Resumable: run it again to go on."""
+    from tuner.search.curves import record_curves as record
+    from tuner.search.run import RunOptions
+
+    run_options = RunOptions(
+        study=study,
+        space_file=str(space_file) if space_file else None,
+        data_root=str(data_root) if data_root else None,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        **options,
+    )
+    table, path = record(run_options, str(out) if out else None)
+    click.echo(
+        f"{len(table.configurations())} configurations x {len(table.seeds)} seeds x "
+        f"{table.epochs} epochs, one grid pass {table.grid_cost() / 60:.1f} min "
+        f"(best mean {table.metric} {table.best_mean():.4f}): {path}"
+    )
 
 
 @click.command()
@@ -27,13 +66,16 @@ from tuner.core import paths
 @STORAGE
 @click.option("--artifacts", help="artifact folder or s3://bucket (default: studies/artifacts)")
 @data_option("Cityscapes root (default: the embedded synthetic set)")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="official SAM .pth")
+@CHECKPOINT
 @FROM_SCRATCH
+@JOBS
+@DEVICE
+@THREADS
 @click.option(
-    "--jobs", default=1, show_default=True, type=COUNT, help="worker processes on this machine"
+    "--warm-start",
+    metavar="STUDY",
+    help="start from an earlier study: its trials where the fidelity matches, else its best",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="default: auto")
-@click.option("--threads", type=COUNT, help="CPU threads per worker")
 @click.option("--no-report", is_flag=True, help="do not refresh the dashboard figures at the end")
 @CACHE_LIMIT
 @click.option(

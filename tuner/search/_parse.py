@@ -26,7 +26,10 @@ from tuner.search._space import (
     FaultTolerance,
     Objective,
     Param,
+    Record,
     SearchSpace,
+    Stop,
+    WarmStart,
     param_value,
 )
 from tuner.search.samplers import PRUNERS, SAMPLERS, options_of
@@ -111,7 +114,11 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
         confirm=_dataclass_section(raw, "confirm", Confirm, source) if "confirm" in raw else None,
         exclude=_exclusions(raw.get("exclude"), params, sampler, source),
         keep_checkpoints=keep,
+        stop=_stop(raw["stop"], objectives, source) if "stop" in raw else None,
+        warm_start=_warm_start(raw["warm_start"], source) if "warm_start" in raw else None,
     )
+    if "record" in raw:
+        space = dataclasses.replace(space, record=_record(raw["record"], space))
     if space.confirm is not None and space.multi_objective:
         raise ConfigError(
             f"{source}: confirm: needs one objective to rank configurations by; this space has "
@@ -121,6 +128,104 @@ def parse_space(raw: Any, source: str) -> SearchSpace:
     if sampler["name"] == "grid":
         space.grid()  # raises for params a grid cannot enumerate
     return space
+
+
+def _record(raw: Any, space: SearchSpace) -> Record:
+    """`record: {seeds, fixed, levels}`; every param gets its levels (a float must list them)."""
+    where = f"{space.source}: record"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with seeds, fixed and levels")
+    _no_unknown(raw, {"seeds", "fixed", "levels"}, space.source, "record.")
+    seeds = raw.get("seeds", 2)
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"{where}.seeds={seeds!r}: expected a positive integer")
+    fixed = raw.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"{where}.fixed: expected a mapping of TrainConfig fields")
+    _no_unknown(fixed, set(TrainConfig.field_names()), space.source, "record.fixed.")
+    fixed = {k: coerce_field(k, v, f"{where}.fixed") for k, v in fixed.items()}
+    names = {p.name for p in space.params}
+    for key in fixed:
+        if key in names or key == "seed":
+            raise ConfigError(f"{where}.fixed.{key}: varies in the table; give it in levels")
+    TrainConfig.from_dict({**space.fixed, **fixed}, source=f"{where}.fixed")
+    raw_levels = raw.get("levels") or {}
+    if not isinstance(raw_levels, dict):
+        raise ConfigError(f"{where}.levels: expected a mapping of params to lists of values")
+    _no_unknown(raw_levels, names, space.source, "record.levels.")
+    levels = []
+    for param in space.params:
+        values = raw_levels.get(param.name)
+        if values is None and param.kind == "float":
+            raise ConfigError(
+                f"{where}.levels.{param.name}: {param.name} is continuous; list the values to "
+                "record"
+            )
+        if values is None:
+            levels.append((param.name, tuple(param.grid_values(space.source))))
+            continue
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}.levels.{param.name}: expected a non-empty list")
+        levels.append((param.name, tuple(_level(param, v, where) for v in values)))
+    return Record(seeds=seeds, fixed=fixed, levels=tuple(levels))
+
+
+def _level(param: Param, value: Any, where: str) -> Any:
+    """One recorded value of `param`, as Optuna stores it; inside its choices or range."""
+    if param.kind == "categorical":
+        if value in param.choices:
+            return value
+        if param.values and coerce_field(param.name, value, where) in param.values:
+            return param.choices[param.values.index(coerce_field(param.name, value, where))]
+        raise ConfigError(f"{where}.levels.{param.name}: {value!r} is not one of its choices")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}.levels.{param.name}: {value!r} is not a number")
+    if not param.low <= value <= param.high:
+        raise ConfigError(
+            f"{where}.levels.{param.name}: {value!r} is outside [{param.low}, {param.high}]"
+        )
+    return int(value) if param.kind == "int" else float(value)
+
+
+def _stop(raw: Any, objectives: tuple[Objective, ...], source: str) -> Stop:
+    """`stop: {patience, min_delta, min_trials}`: when the study ends before its budget."""
+    where = f"{source}: stop"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping with patience (and min_delta)")
+    _no_unknown(raw, {"patience", "min_delta", "min_trials"}, source, "stop.")
+    if len(objectives) > 1:
+        raise ConfigError(f"{where}: needs one objective; this space has {len(objectives)}")
+    for key in ("patience", "min_trials"):
+        value = raw.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}.{key}={value!r}: expected a positive integer")
+    delta = raw.get("min_delta", "interval")
+    if delta != "interval" and (
+        isinstance(delta, bool) or not isinstance(delta, int | float) or delta < 0
+    ):
+        raise ConfigError(
+            f"{where}.min_delta={delta!r}: expected a number >= 0, or interval (the best "
+            "trial's own 95 % interval half-width)"
+        )
+    return Stop(
+        patience=raw.get("patience", Stop.patience),
+        min_delta=delta if delta == "interval" else float(delta),
+        min_trials=raw.get("min_trials", Stop.min_trials),
+    )
+
+
+def _warm_start(raw: Any, source: str) -> WarmStart:
+    """`warm_start: NAME` or `{study: NAME, top: K}`."""
+    where = f"{source}: warm_start"
+    if isinstance(raw, str):
+        raw = {"study": raw}
+    if not isinstance(raw, dict) or "study" not in raw:
+        raise ConfigError(f"{where}: expected a study name or {{study: NAME, top: K}}")
+    _no_unknown(raw, {"study", "top"}, source, "warm_start.")
+    top = raw.get("top", WarmStart.top)
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise ConfigError(f"{where}.top={top!r}: expected a positive integer")
+    return WarmStart(study=check_study_name(raw["study"], f"{where}.study"), top=top)
 
 
 def _conditions(when: Any, before: list[Param], source: str, name: str):

@@ -44,6 +44,9 @@ TOP_LEVEL_KEYS = {
     "confirm",
     "exclude",
     "keep_checkpoints",
+    "record",
+    "stop",
+    "warm_start",
 }
 
 
@@ -119,6 +122,38 @@ class Confirm:
 
 
 @dataclass(frozen=True)
+class Record:
+    """`tuner record-curves`: the grid and fidelity of this space's learning-curve table.
+
+    Every combination of `levels` (per param: the values recorded; a categorical's choices
+    and an int's steps by default, a float must list its own) runs `seeds` times at the
+    space's fixed values overridden by `fixed` (a cheaper fidelity)."""
+
+    seeds: int = 2
+    fixed: dict[str, Any] = field(default_factory=dict)
+    levels: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Study-level stopping: the study ends once `patience` finished trials in a row have not
+    beaten the best by more than `min_delta` ("interval": the best trial's own 95 % interval
+    half-width, its noise), and at least `min_trials` trials have finished."""
+
+    patience: int = 10
+    min_delta: float | str = "interval"
+    min_trials: int = 1
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Seed a new study with an earlier one's results (`tuner.search.warm`)."""
+
+    study: str
+    top: int = 3  # configurations enqueued when the fidelities differ
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     study: str
     source: str
@@ -137,6 +172,9 @@ class SearchSpace:
     # Trials whose weights the study keeps (the best K, or the Pareto front); the others keep
     # their metrics, config and per-image counts. None: keep every checkpoint.
     keep_checkpoints: int | None = 3
+    record: Record | None = None
+    stop: Stop | None = None
+    warm_start: WarmStart | None = None
 
     @property
     def directions(self) -> list[str]:

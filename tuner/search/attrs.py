@@ -25,6 +25,8 @@ CONFIRMATION_STUDY = "confirmation_study"  # where its seed confirmations run (N
 CONFIRMS_STUDY = "confirms_study"  # on a confirmation study: the study it confirms
 DECISION = "decision"  # one line: the headline value, its interval, the verdict (for people)
 CACHE_PLAN = "cache_plan"  # what the plan chose to store in the feature cache, and why
+STOPPED = "stopped"  # why the study ended before its budget (the space's stop: rule)
+WARM_STARTED = "warm_started"  # what was carried over from an earlier study, and how
 # "checkpoint_dropped:<trial number>": why that trial's weights were removed (keep_checkpoints).
 # One key per trial, so that workers dropping at once never overwrite each other's record.
 CHECKPOINT_DROPPED = "checkpoint_dropped:"
@@ -50,6 +52,8 @@ MIOU_CI = "val_miou_ci"  # [low, high]: 95 % bootstrap interval over validation 
 BOUNDARY_F1_CI = "val_boundary_f1_ci"
 CONFIRMS = "confirms"  # on a confirmation trial: the number of the trial it repeats
 SEED = "seed"  # ... and the seed it runs with
+WARM_FROM = "warm_from"  # "study#number": the earlier study's trial it repeats (enqueued)
+CARRIED_FROM = "carried_from"  # "study#number": the earlier trial it is a copy of (no run)
 CHECKPOINT = "checkpoint_artifact_id"  # best.pt in the artifact store
 PER_IMAGE = "per_image_artifact_id"  # per-image confusion and boundary counts (npz)
 CONFIG_ARTIFACT = "config_artifact_id"  # config.json beside it

@@ -36,18 +36,21 @@ from tuner.search.objective import TrialRunner
 from tuner.search.plan import CachePlan, StudyPlan, plan_study
 from tuner.search.preflight import preflight
 from tuner.search.samplers import SAMPLERS, make_sampler, options_of
-from tuner.search.space import SearchSpace, find_space, load_space
+from tuner.search.space import SearchSpace, WarmStart, find_space, load_space
+from tuner.search.stop import StudyStop
 from tuner.search.study import (
     KeepBestCheckpoints,
     StopAtBudget,
     counted_trials,
     get_trial,
+    load_existing_study,
     open_artifact_store,
     open_storage,
     open_study,
     requeue,
     trials_to_run,
 )
+from tuner.search.warm import warm_start
 
 
 @dataclass
@@ -67,6 +70,8 @@ class RunOptions:
     progress: bool = True
     cache_limit: str | None = None  # size limit of the feature cache (default 20G)
     cache_plan: bool = True  # False: store features as configured even when they overflow
+    space: SearchSpace | None = None  # a space built in code (a recording grid), not a file
+    warm_start: str | None = None  # an earlier study to start from (over the space's warm_start)
 
 
 @dataclass
@@ -85,6 +90,8 @@ class WorkerPlan:
 
 
 def load_run_space(options: RunOptions) -> SearchSpace:
+    if options.space is not None:
+        return options.space
     space = load_space(find_space(options.study, options.space_file))
     if space.study != options.study:  # --study names the study; --space only says what varies
         space = dataclasses.replace(space, study=options.study)
@@ -204,6 +211,7 @@ def run(options: RunOptions) -> optuna.Study:
     is an error that says why, not a leaderboard of failures with exit status 0."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own lines say what happens
     plans = plan(options)
+    start_warm(plans[0])
     cache_plan = announce_plan(plans[0])
     plans = [dataclasses.replace(p, cache_plan=cache_plan) for p in plans]
     storage = open_storage(options.storage)
@@ -258,6 +266,10 @@ def run_worker(plan: WorkerPlan) -> None:
     # now, before the budget is counted; Optuna also does this before every new trial.
     optuna.storages.fail_stale_trials(study)
     remaining = None if plan.budget is None else trials_to_run(study, plan.budget)
+    stop = StudyStop(space.stop) if space.stop is not None else None
+    if stop is not None and options.trials is None and stop.reason(study) is not None:
+        print(f"{prefix}study {space.study!r} {stop.reason(study)}; pass --trials N to run N more")
+        return
     if remaining == 0:
         print(
             f"{prefix}study {space.study!r} already holds {counted_trials(study)} trials "
@@ -269,8 +281,26 @@ def run_worker(plan: WorkerPlan) -> None:
         trial_runner(plan, study, prefix),
         n_trials=remaining,
         timeout=options.timeout if options.timeout is not None else space.timeout,
-        callbacks=[StopAtBudget(plan.budget)] if plan.budget is not None else [],
+        callbacks=[
+            *([StopAtBudget(plan.budget)] if plan.budget is not None else []),
+            *([stop] if stop is not None else []),
+        ],
     )
+    if attrs.STOPPED in study.user_attrs and stop is not None:
+        print(f"{prefix}study {space.study!r} {study.user_attrs[attrs.STOPPED]}")
+
+
+def start_warm(plan: WorkerPlan) -> None:
+    """--warm-start NAME (or the space's warm_start:), once, before any trial."""
+    options, space = plan.options, plan.space
+    name = options.warm_start or (space.warm_start.study if space.warm_start else None)
+    if name is None:
+        return
+    storage = open_storage(options.storage)
+    earlier = load_existing_study(name, storage)
+    study = open_study(space, storage, options.artifacts)
+    top = space.warm_start.top if space.warm_start else WarmStart.top
+    print(warm_start(study, space, earlier, top))
 
 
 def run_overrides(plan: WorkerPlan) -> dict:

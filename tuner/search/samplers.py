@@ -27,6 +27,7 @@ from typing import Any
 import optuna
 
 from tuner.core.registry import Registry
+from tuner.search.ladder import FreezeLadderSampler
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -40,6 +41,7 @@ SAMPLERS.update(
         "gp": optuna.samplers.GPSampler,
         "nsga2": optuna.samplers.NSGAIISampler,
         "nsga3": optuna.samplers.NSGAIIISampler,
+        "freeze_ladder": FreezeLadderSampler,  # frozen depth as a fidelity (tuner.search.ladder)
     }
 )
 PRUNERS: Registry = Registry("pruner")
@@ -56,7 +58,7 @@ PRUNERS.update(
 
 def options_of(cls) -> set[str]:
     """The arguments a space file may give this sampler or pruner."""
-    return set(inspect.signature(cls).parameters) - {"search_space"}
+    return set(inspect.signature(cls).parameters) - {"search_space", "base"}
 
 
 def make_sampler(
