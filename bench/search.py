@@ -282,14 +282,10 @@ def run(quick: bool = False, table_path: Path = TABLE) -> dict:
     full = {name: summary(runs, table, grid_s) for name, runs in by_strategy.items()}
     ranked = sorted(
         full,
-        key=lambda n: (
-            full[n]["cost_to_epsilon_median"]
-            if full[n]["cost_to_epsilon_median"] is not None
-            else math.inf,
-            full[n]["regret_mean"]["50%"],
-        ),
+        key=lambda n: (_or_inf(full[n]["cost_to_epsilon_median"]), full[n]["regret_mean"]["50%"]),
     )
     winner = ranked[0]
+    best = table.best_mean()
     stops = {}
     for patience in PATIENCES[:1] if quick else PATIENCES:
         rule = Stop(patience=patience, min_delta="interval")
@@ -307,21 +303,17 @@ def run(quick: bool = False, table_path: Path = TABLE) -> dict:
             "cost_share_median": round(statistics.median(s.costs[-1] / grid_s for s in stopped), 4),
             "regret_added_mean": round(
                 statistics.mean(
-                    (table.best_mean() - s.values[-1]) - _regret(u, table.best_mean(), budget)
+                    (best - s.values[-1]) - _regret(u, best, budget)
                     for u, s in zip(unstopped, stopped)
                 ),
                 4,
             ),
         }
     grid = grid_shape(table, 3 if quick else seeds, table.epochs)
-    grid_choice = min(
-        (
-            k
-            for k in grid
-            if k != "slices" and grid[k]["regret_mean"] <= grid["none"]["regret_mean"] + EPSILON / 5
-        ),
-        key=lambda k: grid[k]["cost_share"],
-    )
+    # The cheapest pruner that loses at most a fifth of EPSILON of mean regret against none.
+    tolerable = grid["none"]["regret_mean"] + EPSILON / 5
+    pruners = [k for k in grid_pruners(table.epochs) if grid[k]["regret_mean"] <= tolerable]
+    grid_choice = min(pruners, key=lambda k: grid[k]["cost_share"])
     return {
         "machine": machine(),
         "table": {
@@ -332,7 +324,7 @@ def run(quick: bool = False, table_path: Path = TABLE) -> dict:
             "fidelity": table.fidelity,
             "recorded_on": table.recorded_on,
             "grid_pass_seconds": round(grid_s, 1),
-            "best_mean": round(table.best_mean(), 4),
+            "best_mean": round(best, 4),
         },
         "epsilon": EPSILON,
         "search_seeds": seeds,

@@ -175,8 +175,9 @@ def _level(param: Param, value: Any, where: str) -> Any:
     if param.kind == "categorical":
         if value in param.choices:
             return value
-        if param.values and coerce_field(param.name, value, where) in param.values:
-            return param.choices[param.values.index(coerce_field(param.name, value, where))]
+        coerced = coerce_field(param.name, value, where) if param.values else None
+        if param.values and coerced in param.values:
+            return param.choices[param.values.index(coerced)]
         raise ConfigError(f"{where}.levels.{param.name}: {value!r} is not one of its choices")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigError(f"{where}.levels.{param.name}: {value!r} is not a number")

@@ -61,8 +61,9 @@ class FreezeLadderSampler(optuna.samplers.BaseSampler):
         self._base.before_trial(study, trial)
         if trial.system_attrs.get("fixed_params"):  # enqueued: its params are given
             return
-        levels = self._levels(study)
-        promotion = self._promotion(study, levels) if levels else None
+        trials = study.get_trials(deepcopy=False)
+        levels = self._levels(trials)
+        promotion = self._promotion(study, trials, levels) if levels else None
         if promotion is not None:
             self._decided[trial._trial_id] = promotion
             rung = levels.index(promotion[self.param])
@@ -97,17 +98,18 @@ class FreezeLadderSampler(optuna.samplers.BaseSampler):
         study._storage.set_trial_system_attr(trial._trial_id, RUNG, 0)
         return _rungs(distribution)[0]
 
-    def _levels(self, study: optuna.Study) -> list[Any] | None:
+    def _levels(self, trials: list[FrozenTrial]) -> list[Any] | None:
         """The ladder's rungs: `param`'s values, most frozen first (None: not seen yet)."""
-        for trial in study.get_trials(deepcopy=False):
+        for trial in trials:
             if self.param in trial.distributions:
                 return _rungs(trial.distributions[self.param])
         return None
 
-    def _promotion(self, study: optuna.Study, levels: list[Any]) -> dict[str, Any] | None:
+    def _promotion(
+        self, study: optuna.Study, trials: list[FrozenTrial], levels: list[Any]
+    ) -> dict[str, Any] | None:
         """The params of the best trial of the highest rung that has earned a promotion and has
         not had it yet (ASHA's rule: the top 1/eta of a rung's distinct configurations)."""
-        trials = study.get_trials(deepcopy=False)
         started = {
             (t.params.get(self.param), _others(t.params, self.param))
             for t in trials

@@ -267,8 +267,9 @@ def run_worker(plan: WorkerPlan) -> None:
     optuna.storages.fail_stale_trials(study)
     remaining = None if plan.budget is None else trials_to_run(study, plan.budget)
     stop = StudyStop(space.stop) if space.stop is not None else None
-    if stop is not None and options.trials is None and stop.reason(study) is not None:
-        print(f"{prefix}study {space.study!r} {stop.reason(study)}; pass --trials N to run N more")
+    stopped = stop.reason(study) if stop is not None and options.trials is None else None
+    if stopped is not None:
+        print(f"{prefix}study {space.study!r} {stopped}; pass --trials N to run N more")
         return
     if remaining == 0:
         print(

@@ -28,8 +28,8 @@ from tuner.search._space import Stop
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-class Stagnation:
-    """How long the best has not moved by more than its margin."""
+class StudyStop:
+    """Optuna callback: stops the study (and records why) when the space's `stop:` rule holds."""
 
     def __init__(self, stop: Stop) -> None:
         self.stop = stop
@@ -56,26 +56,18 @@ class Stagnation:
         interval = best.user_attrs.get(attrs.MIOU_CI)
         return (interval[1] - interval[0]) / 2 if interval else 0.0
 
-
-class StudyStop:
-    """Optuna callback: stops the study (and records why) when the space's `stop:` rule holds."""
-
-    def __init__(self, stop: Stop) -> None:
-        self.stop = stop
-        self.evaluator = Stagnation(stop)
-
     def reason(self, study: optuna.Study) -> str | None:
         """Why the study should stop now, or None."""
         trials = study.get_trials(deepcopy=False)
         finished = sum(1 for t in trials if t.state in FINISHED)
-        since, best = self.evaluator.since_improvement(trials, study.direction)
+        since, best = self.since_improvement(trials, study.direction)
         if best is None or finished < self.stop.min_trials or since < self.stop.patience:
             return None
         how = "min_delta" if self.stop.min_delta != "interval" else "its 95 % interval half-width"
         return (
             f"stopped after {finished} trials: the last {self.stop.patience} did not beat the "
             f"best ({best.value:.4f}, trial {best.number}) by more than "
-            f"{self.evaluator.margin(best):.4f} ({how})"
+            f"{self.margin(best):.4f} ({how})"
         )
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:

@@ -66,13 +66,15 @@ class ReplayObjective:
         params = self.recorded_params(trial)
         curve = self.table.curve(params, self.seed)
         trial.set_user_attr(RUN, params)
-        best = -math.inf
-        for epoch in range(self.epochs):
-            best = max(best, curve.miou[epoch])
-            trial.set_user_attr(COST, curve.cost(epoch + 1))
-            trial.report(curve.miou[epoch], step=epoch + 1)
-            if epoch + 1 < self.epochs and trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
+        best, read = -math.inf, 0
+        try:
+            for epoch in range(self.epochs):
+                best, read = max(best, curve.miou[epoch]), epoch + 1
+                trial.report(curve.miou[epoch], step=epoch + 1)
+                if epoch + 1 < self.epochs and trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}")
+        finally:  # pruned or complete, the trial paid for the epochs it read
+            trial.set_user_attr(COST, curve.cost(read))
         if curve.interval is not None:  # the noise of the run, for a stop: rule's margin
             trial.set_user_attr(attrs.MIOU_CI, list(curve.interval))
         return best
