@@ -26,6 +26,7 @@ NAMES = (
     "plan",
     "adapters",
     "search",
+    "workers",
 )
 
 

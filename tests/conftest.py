@@ -56,7 +56,7 @@ def _required(what: str) -> None:
 @pytest.fixture(scope="session")
 def postgres_url():
     """TUNER_TEST_POSTGRES_URL, else a throwaway server started from Debian's binaries."""
-    from services import PostgresServer, find_pg_bin
+    from bench.services import PostgresServer, find_pg_bin
 
     url = os.environ.get("TUNER_TEST_POSTGRES_URL")
     if url:

@@ -33,7 +33,10 @@ EXPECTED_KEYS = {
     "plan": {"studies"},
     "adapters": {"results", "methods"},
     "search": {"table", "full", "grid", "stop", "chosen", "ranking"},
+    "workers": {"modes", "targets", "pace"},
 }
+# Benchmarks that start a service of their own, and what they need for it.
+NEEDS = {"workers": "PostgreSQL (initdb)"}
 # What each quick run must also show, beyond its keys.
 CHECKS = {
     "adapters": lambda r: (
@@ -52,6 +55,27 @@ CHECKS = {
         and r["chosen"]["full"] in r["full"]
         and r["chosen"]["grid_pruner"] in r["grid"]
     ),
+    # The CI version of the load test: 8 workers, both storage modes, a quarter of them killed
+    # and restarted, the database restarted mid-run. Nothing lost, nothing run twice.
+    "workers": lambda r: (
+        r["targets"]
+        == {
+            "lost": 0,
+            "duplicated": 0,
+            "workers_failed": 0,
+            "connections_within_workers_plus_5": True,
+            "torch_in_workers": False,
+        }
+        and {"kill", "restart"} == set(r["modes"]["direct"])
+        and {"kill"} == set(r["modes"]["proxy"])
+        and all(
+            p["workers"] == 8 and p["trials_per_second"] > 0
+            for m in r["modes"].values()
+            for p in m.values()
+        )
+        and any("SIGKILLed 2 workers" in e for e in r["modes"]["proxy"]["kill"]["events"])
+        and any("restarted the database" in e for e in r["modes"]["direct"]["restart"]["events"])
+    ),
     "plan": lambda r: all(
         s["cache_bytes"]["projected"] == s["cache_bytes"]["measured"] and s["trials"]
         for s in r["studies"]
@@ -62,6 +86,13 @@ CHECKS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(EXPECTED_KEYS))
 def test_benchmark_prints_json(name, tmp_path):
+    if name in NEEDS:
+        from conftest import _required
+
+        from bench.services import find_pg_bin
+
+        if find_pg_bin() is None:
+            _required(NEEDS[name])
     out = tmp_path / f"{name}.json"
     completed = subprocess.run(
         [sys.executable, "-m", "bench", name, "--quick", "--out", str(out)],

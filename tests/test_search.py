@@ -19,6 +19,7 @@ from wsgi_client import call_wsgi
 
 from tuner.cli import main
 from tuner.core.checkpoint import load_segmenter
+from tuner.search import attrs
 from tuner.search.objective import TrialReporter
 from tuner.search.run import RunOptions, run
 from tuner.search.space import load_space
@@ -303,7 +304,8 @@ GRID4 = {
 
 
 def assert_grid_done_once(study: optuna.Study) -> None:
-    trials = study.trials
+    # A point two workers drew at once ends as a FAIL marked duplicate, before running.
+    trials = [t for t in study.trials if attrs.DUPLICATE_OF not in t.user_attrs]
     assert len(trials) == 4
     assert all(t.state == TrialState.COMPLETE for t in trials), [t.state for t in trials]
     points = {(t.params["loss"], t.params["lr"]) for t in trials}
@@ -326,19 +328,39 @@ def test_two_local_workers_share_one_sqlite_study(tuner_home, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.postgres
-def test_two_machines_share_a_postgres_study(postgres_url, tuner_home, tmp_path):
+def test_two_machines_share_a_postgres_study_one_directly_one_through_the_proxy(
+    postgres_url, tuner_home, tmp_path
+):
+    from bench.services import free_port
+
     name = f"pg{os.getpid()}"
     path = space_file(
         tmp_path, name, GRID4, sampler={"name": "grid", "seed": 0}, trials=4, fixed={"epochs": 3}
     )
-    args = ("run", "--study", name, "--space", str(path), "--storage", postgres_url, "--no-report")
-    machines = [tuner_subprocess(*args, home=tuner_home) for _ in range(2)]
-    outputs = [m.communicate(timeout=600)[0] for m in machines]
+    port = free_port()
+    proxy = tuner_subprocess(
+        "storage-proxy", "--storage", postgres_url, "--port", str(port), home=tuner_home
+    )
+    try:
+        args = ("run", "--study", name, "--space", str(path), "--no-report", "--storage")
+        machines = [
+            tuner_subprocess(*args, url, home=tuner_home)
+            for url in (postgres_url, f"grpc://127.0.0.1:{port}")
+        ]
+        outputs = [m.communicate(timeout=600)[0] for m in machines]
+        # What the proxy serves is the study itself: its leaderboard reads the same.
+        through_proxy = invoke("best", "--study", name, "--storage", f"grpc://127.0.0.1:{port}")
+    finally:
+        proxy.send_signal(signal.SIGINT)
+        served = proxy.communicate(timeout=60)[0]
     assert [m.returncode for m in machines] == [0, 0], outputs
+    assert f"on grpc://127.0.0.1:{port}" in served and "storage proxy stopped" in served
     study = load_existing_study(name, open_storage(postgres_url))
     workers = assert_grid_done_once(study)
     pids = {m.pid for m in machines}
     assert 1 <= len(workers) <= 2 and {int(w.rsplit(":", 1)[1]) for w in workers} <= pids
+    direct = invoke("best", "--study", name, "--storage", postgres_url)
+    assert through_proxy.exit_code == 0 and through_proxy.output == direct.output
 
 
 # Dashboard -------------------------------------------------------------------------------------
@@ -406,7 +428,7 @@ def test_budget_counts_a_chain_of_retries_once(tmp_path):
 
 
 def test_sampler_seeds_differ_between_machines_but_repeat_on_one(monkeypatch):
-    from tuner.search import run as run_module
+    from tuner.search import worker as run_module
 
     def seed_on(host: str, pid: int, worker: int = 0, shared: bool = True) -> int:
         monkeypatch.setattr(run_module.socket, "gethostname", lambda: host)

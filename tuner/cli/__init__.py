@@ -10,7 +10,7 @@ from tuner.cli._data import data
 from tuner.cli._deploy import quantize
 from tuner.cli._options import TunerGroup
 from tuner.cli._report import dashboard, report
-from tuner.cli._search import best, cache, plan, record_curves, run, studies
+from tuner.cli._search import best, cache, plan, record_curves, run, storage_proxy, studies
 from tuner.cli._train import evaluate, export, predict, train
 
 
@@ -30,6 +30,7 @@ for command in (
     plan,
     run,
     record_curves,
+    storage_proxy,
     studies,
     best,
     cache,

@@ -258,3 +258,30 @@ def best(study, storage, as_json) -> None:
     from tuner.search.leaderboard import describe_best
 
     click.echo(describe_best(study, storage, as_json))
+
+
+@click.command("storage-proxy")
+@click.option(
+    "--storage",
+    required=True,
+    help="the database the workers share (PostgreSQL, MySQL or SQLite URL)",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=13000, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--reap-every",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="seconds between sweeps for the stale trials of dead workers",
+)
+def storage_proxy(storage, host, port, reap_every) -> None:
+    """Serve a study database to many workers through Optuna's gRPC proxy: they run
+    `tuner run --storage grpc://HOST:PORT` and hold no database connection. It also fails and
+    retries the trials of dead workers, which workers behind a proxy cannot."""
+    from tuner.search.study.proxy import serve
+
+    try:
+        serve(storage, host, port, reap_every, log=click.echo)
+    except KeyboardInterrupt:
+        click.echo("storage proxy stopped")

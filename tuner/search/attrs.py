@@ -27,6 +27,9 @@ DECISION = "decision"  # one line: the headline value, its interval, the verdict
 CACHE_PLAN = "cache_plan"  # what the plan chose to store in the feature cache, and why
 STOPPED = "stopped"  # why the study ended before its budget (the space's stop: rule)
 WARM_STARTED = "warm_started"  # what was carried over from an earlier study, and how
+# The space's fault_tolerance (a record): how `tuner storage-proxy` reaps the study's stale
+# trials, since workers behind the proxy cannot.
+FAULT_TOLERANCE = "fault_tolerance"
 # "checkpoint_dropped:<trial number>": why that trial's weights were removed (keep_checkpoints).
 # One key per trial, so that workers dropping at once never overwrite each other's record.
 CHECKPOINT_DROPPED = "checkpoint_dropped:"
@@ -54,6 +57,7 @@ CONFIRMS = "confirms"  # on a confirmation trial: the number of the trial it rep
 SEED = "seed"  # ... and the seed it runs with
 WARM_FROM = "warm_from"  # "study#number": the earlier study's trial it repeats (enqueued)
 CARRIED_FROM = "carried_from"  # "study#number": the earlier trial it is a copy of (no run)
+DUPLICATE_OF = "duplicate_of"  # a grid point another worker had taken first: not run, not counted
 CHECKPOINT = "checkpoint_artifact_id"  # best.pt in the artifact store
 PER_IMAGE = "per_image_artifact_id"  # per-image confusion and boundary counts (npz)
 CONFIG_ARTIFACT = "config_artifact_id"  # config.json beside it

@@ -162,7 +162,8 @@ def _describe_standing(study: optuna.Study, verdict: Verdict) -> list[str]:
 
 
 def _params(trial: FrozenTrial) -> str:
-    return "  params: " + ", ".join(f"{k}={v}" for k, v in trial.params.items())
+    # By name: storages return params in different orders (the gRPC proxy's is a map).
+    return "  params: " + ", ".join(f"{k}={v}" for k, v in sorted(trial.params.items()))
 
 
 def _seed(trial: FrozenTrial) -> Any:

@@ -10,10 +10,6 @@ killed worker's trial, an interrupted trial): only their retry counts.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing as mp
-import os
-import socket
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,22 +31,24 @@ from tuner.search.confirm import enqueue_confirmations, open_confirmation_study,
 from tuner.search.objective import TrialRunner
 from tuner.search.plan import CachePlan, StudyPlan, plan_study
 from tuner.search.preflight import preflight
-from tuner.search.samplers import SAMPLERS, make_sampler, options_of
 from tuner.search.space import SearchSpace, WarmStart, find_space, load_space
-from tuner.search.stop import StudyStop
 from tuner.search.study import (
     KeepBestCheckpoints,
-    StopAtBudget,
     counted_trials,
-    get_trial,
     load_existing_study,
     open_artifact_store,
     open_storage,
     open_study,
-    requeue,
     trials_to_run,
 )
 from tuner.search.warm import warm_start
+from tuner.search.worker import (
+    WorkerSpec,
+    join_processes,
+    optimize,
+    start_processes,
+    work,
+)
 
 
 @dataclass
@@ -219,7 +217,7 @@ def run(options: RunOptions) -> optuna.Study:
     if len(plans) == 1:
         run_worker(plans[0])
     else:
-        _run_processes(plans)
+        join_processes(start_processes(run_worker, plans))
     if plans[0].space.confirm is not None:
         run_confirmations(plans[0])
     study = optuna.load_study(study_name=options.study, storage=storage)
@@ -235,60 +233,23 @@ def run(options: RunOptions) -> optuna.Study:
     return study
 
 
-def _run_processes(plans: list[WorkerPlan]) -> None:
-    context = mp.get_context("spawn")  # fresh interpreters: no forked torch thread pools
-    workers = [context.Process(target=run_worker, args=(p,), name=f"w{p.index}") for p in plans]
-    for worker in workers:
-        worker.start()
-    try:
-        for worker in workers:
-            worker.join()
-    except KeyboardInterrupt:
-        # The terminal sent SIGINT to the workers too; let each record and re-queue its trial.
-        for worker in workers:
-            worker.join(timeout=60)
-        raise
-    failed = [f"{w.name} (status {w.exitcode})" for w in workers if w.exitcode != 0]
-    if failed:
-        raise UserError(f"workers {', '.join(failed)} failed; their output is above")
-
-
 def run_worker(plan: WorkerPlan) -> None:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    """One worker of `tuner run`: the shared loop (`tuner.search.worker`), training trials."""
+    work(worker_spec(plan), lambda study, prefix: trial_runner(plan, study, prefix))
+
+
+def worker_spec(plan: WorkerPlan) -> WorkerSpec:
     options, space = plan.options, plan.space
-    storage = open_storage(options.storage, space.fault_tolerance)
-    study = open_study(space, storage, options.artifacts)
-    # A distinct, reproducible sampler seed per worker and per resume point, so that workers
-    # and reruns do not replay the same random draws (duplicate trials).
-    study.sampler = _reseeded_sampler(space, study, plan.index, options.storage)
-    prefix = f"[w{plan.index}] " if options.jobs > 1 else ""
-    # Trials whose worker died (no heartbeat within the grace period) are failed and re-queued
-    # now, before the budget is counted; Optuna also does this before every new trial.
-    optuna.storages.fail_stale_trials(study)
-    remaining = None if plan.budget is None else trials_to_run(study, plan.budget)
-    stop = StudyStop(space.stop) if space.stop is not None else None
-    stopped = stop.reason(study) if stop is not None and options.trials is None else None
-    if stopped is not None:
-        print(f"{prefix}study {space.study!r} {stopped}; pass --trials N to run N more")
-        return
-    if remaining == 0:
-        print(
-            f"{prefix}study {space.study!r} already holds {counted_trials(study)} trials "
-            f"(budget {plan.budget}); pass --trials N to run N more"
-        )
-        return
-    optimize(
-        study,
-        trial_runner(plan, study, prefix),
-        n_trials=remaining,
+    return WorkerSpec(
+        space=space,
+        storage=options.storage,
+        artifacts=options.artifacts,
+        budget=plan.budget,
+        index=plan.index,
+        jobs=options.jobs,
         timeout=options.timeout if options.timeout is not None else space.timeout,
-        callbacks=[
-            *([StopAtBudget(plan.budget)] if plan.budget is not None else []),
-            *([stop] if stop is not None else []),
-        ],
+        more_trials=options.trials is not None,
     )
-    if attrs.STOPPED in study.user_attrs and stop is not None:
-        print(f"{prefix}study {space.study!r} {study.user_attrs[attrs.STOPPED]}")
 
 
 def start_warm(plan: WorkerPlan) -> None:
@@ -368,27 +329,6 @@ def trial_runner(plan: WorkerPlan, study: optuna.Study, prefix: str) -> TrialRun
     )
 
 
-def optimize(study: optuna.Study, runner: TrialRunner, callbacks=(), **kwargs) -> None:
-    """study.optimize, where Ctrl-C queues the interrupted trial again with the same params,
-    and the weights of trials outside the best `keep_checkpoints` are dropped as trials end."""
-    callbacks = list(callbacks)
-    confirmed_later = runner.space.confirm is not None and (
-        attrs.CONFIRMS_STUDY not in study.user_attrs
-    )
-    if not confirmed_later:  # with confirmations, the best K are known only after them
-        callbacks.append(KeepBestCheckpoints(runner.space.keep_checkpoints, runner.artifact_store))
-    try:
-        study.optimize(
-            runner, catch=(Exception,), gc_after_trial=True, callbacks=callbacks, **kwargs
-        )
-    except KeyboardInterrupt:
-        if runner.current is not None:
-            trial = get_trial(study, runner.current)
-            if trial.state == optuna.trial.TrialState.FAIL:
-                requeue(study, trial, reason="interrupted")
-        raise
-
-
 def run_confirmations(plan: WorkerPlan) -> None:
     """After the budget: the best configurations again with other seeds (tuner.search.confirm)."""
     options, space = plan.options, plan.space
@@ -407,26 +347,3 @@ def run_confirmations(plan: WorkerPlan) -> None:
     # Now the ranking is by the mean over seeds: keep the weights of its best K.
     ranked = [standing.trial for standing in standings(study)]
     KeepBestCheckpoints(space.keep_checkpoints, runner.artifact_store).prune(study, ranked)
-
-
-def sampler_seed(base: int, trials_so_far: int, index: int, machine_shared: bool) -> int:
-    """Reproducible for one machine (same history, same worker -> same seed); on a storage other
-    machines may share (not SQLite), the host and process enter too, so that machines started
-    together do not draw the same configurations."""
-    seed = base + 7919 * index + trials_so_far
-    if machine_shared:
-        seed += zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
-    return seed % 2**32
-
-
-def _reseeded_sampler(space: SearchSpace, study: optuna.Study, index: int, storage_url):
-    """The space's sampler with a seed of its own for this worker and resume point. The grid
-    sampler keeps its seed: it fixes the order of the grid, which all workers must share."""
-    cls = SAMPLERS[space.sampler["name"]]
-    seed = space.sampler.get("seed", 0)
-    grid = cls is optuna.samplers.GridSampler
-    if grid or "seed" not in options_of(cls) or seed is None:
-        return make_sampler(space.sampler, space.grid, space.enumerated)
-    shared = storage_url is not None and not storage_url.startswith("sqlite")
-    seed = sampler_seed(int(seed), len(study.get_trials(deepcopy=False)), index, shared)
-    return make_sampler({**space.sampler, "seed": seed}, space.grid)

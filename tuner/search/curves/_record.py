@@ -15,9 +15,8 @@ from optuna.trial import TrialState
 from tuner.core.errors import ConfigError
 from tuner.search import attrs
 from tuner.search._space import Param, SearchSpace
+from tuner.search.curves._replay import SEED
 from tuner.search.curves._table import Curve, CurveTable
-
-SEED = "seed"
 
 
 def record_space(space: SearchSpace) -> SearchSpace:

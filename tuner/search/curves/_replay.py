@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any
 
 import optuna
@@ -19,14 +20,21 @@ from tuner.search import attrs
 from tuner.search._space import Param, SearchSpace
 from tuner.search.curves._table import CurveTable
 
+SEED = "seed"  # a recording grid's seed param (curves._record)
+
 COST = "cost_s"  # trial attr: seconds the trial's read epochs took when recorded
 RUN = "replayed"  # trial attr: the recorded params it read
 
 
 class ReplayObjective:
     """`study.optimize(ReplayObjective(table, space, seed=0))`. `space` None: the table's own
-    grid, each param categorical over its levels. `epochs` caps what a trial may read (a
-    cheaper fidelity of the same table)."""
+    grid, each param categorical over its levels; a space's `seed` param (a recording grid,
+    `record_space`) picks the recorded seed per trial. `epochs` caps what a trial may read (a
+    cheaper fidelity of the same table). `pace` > 0 makes it take that fraction of the
+    recorded time, epoch by epoch (a stand-in for training in a load test of workers)."""
+
+    artifact_store = None  # it writes no checkpoints
+    current: int | None = None  # the trial in flight (tuner.search.worker.Objective)
 
     def __init__(
         self,
@@ -34,8 +42,9 @@ class ReplayObjective:
         space: SearchSpace | None = None,
         seed: int | None = None,
         epochs: int | None = None,
+        pace: float = 0.0,
     ) -> None:
-        self.table = table
+        self.table, self.space, self.pace = table, space, pace
         self.seed = table.seeds[0] if seed is None else seed
         if self.seed not in table.seeds:
             raise ConfigError(f"replay: seed {self.seed} is not recorded (seeds {table.seeds})")
@@ -46,7 +55,7 @@ class ReplayObjective:
                 for name, values in table.levels.items()
             )
         else:
-            self.params = space.params
+            self.params = tuple(p for p in space.params if p.name != SEED)
             missing = [p.name for p in self.params if p.name not in table.levels]
             if missing:
                 raise ConfigError(
@@ -63,12 +72,21 @@ class ReplayObjective:
         return chosen
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.current = trial.number
         params = self.recorded_params(trial)
-        curve = self.table.curve(params, self.seed)
+        seed = self.seed
+        for param in self.space.params if self.space is not None else ():
+            if param.name == SEED:  # a recording grid: the trial names its seed
+                seed = int(trial.suggest_categorical(SEED, list(param.choices)))
+        curve = self.table.curve(params, seed)
         trial.set_user_attr(RUN, params)
         best, read = -math.inf, 0
+        if self.pace > 0:
+            time.sleep(curve.setup_s * self.pace)
         try:
             for epoch in range(self.epochs):
+                if self.pace > 0:
+                    time.sleep(curve.epoch_s[epoch] * self.pace)
                 best, read = max(best, curve.miou[epoch]), epoch + 1
                 trial.report(curve.miou[epoch], step=epoch + 1)
                 if epoch + 1 < self.epochs and trial.should_prune():

@@ -13,8 +13,9 @@ from tuner.search import attrs
 # Budget ----------------------------------------------------------------------------------------
 def counted_trials(study: optuna.Study) -> int:
     """Trials that use the budget: all of them, except failures that were re-queued (a killed
-    or interrupted trial is retried with the same params, and only the retry counts) and
-    trials carried over from an earlier study by a warm start (nothing ran)."""
+    or interrupted trial is retried with the same params, and only the retry counts), trials
+    carried over from an earlier study by a warm start and grid points drawn twice (nothing
+    ran)."""
     trials = study.get_trials(deepcopy=False)
     # retry_history holds every ancestor (0 -> 1 -> 2 gives [0, 1]), not just the first.
     retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
@@ -23,6 +24,7 @@ def counted_trials(study: optuna.Study) -> int:
         for t in trials
         if not (t.state == TrialState.FAIL and t.number in retried)
         and attrs.CARRIED_FROM not in t.user_attrs
+        and attrs.DUPLICATE_OF not in t.user_attrs
     )
 
 

@@ -3,18 +3,14 @@ artifact store (a folder or S3) and the study itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
-from optuna.storages import (
-    BaseStorage,
-    JournalStorage,
-    RDBStorage,
-    RetryHeartbeatStaleTrialCallback,
-)
+from optuna.storages import BaseStorage, JournalStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
 from tuner.core import paths
@@ -22,13 +18,19 @@ from tuner.core.errors import StudyError, UserError
 from tuner.search import attrs
 from tuner.search.samplers import make_pruner, make_sampler
 from tuner.search.space import FaultTolerance, SearchSpace
+from tuner.search.study.proxy import open_proxy_client
+from tuner.search.study.retry import RetryingRDBStorage
+from tuner.search.study.urls import is_journal, local_file, redact
 
 
 def open_storage(
     url: str | None = None, fault: FaultTolerance | None = None, create: bool = True
 ) -> BaseStorage:
     """SQLite under studies/ by default; any SQLAlchemy URL (PostgreSQL for several machines);
-    a path ending in .log/.jsonl for a journal file (NFS-friendly, but without heartbeats).
+    a path ending in .log/.jsonl for a journal file (NFS-friendly, but without heartbeats);
+    grpc://host:port for a `tuner storage-proxy` (hundreds of workers, no database
+    connection each). A database's pool is bounded and a lost connection is waited out
+    (`tuner.search.study.retry`).
 
     With `fault`, RDB storages beat a heartbeat, and a trial whose worker died is failed and
     re-queued with the same params by Optuna's RetryHeartbeatStaleTrialCallback. Without
@@ -36,12 +38,14 @@ def open_storage(
     instead of a new, empty database.
     """
     url = url or paths.default_storage_url()
-    local = _local_file(url)
+    if url.startswith("grpc://"):
+        return open_proxy_client(url, fault.heartbeat_interval if fault else None)
+    local = local_file(url)
     if local is not None and not create and not local.exists():
         raise StudyError(f"no study storage at {local} yet: `tuner run --study NAME` creates it")
     if local is not None:
         local.parent.mkdir(parents=True, exist_ok=True)
-    if url.endswith((".log", ".jsonl")) or url.startswith("journal:"):
+    if is_journal(url):
         return JournalStorage(JournalFileBackend(str(local)))
     kwargs: dict[str, Any] = {}
     if fault is not None:
@@ -52,12 +56,9 @@ def open_storage(
                 max_retry=fault.max_retry
             ),
         }
-    engine_kwargs = None
-    if url.startswith("sqlite:///"):
-        engine_kwargs = {"connect_args": {"timeout": 60}}
     for attempt in range(3):
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            return RetryingRDBStorage(url, **kwargs)
         except ImportError as exc:
             raise UserError(
                 f"storage {redact(url)}: missing database driver ({exc}); for PostgreSQL "
@@ -70,25 +71,6 @@ def open_storage(
                 raise UserError(f"storage {redact(url)}: cannot open: {exc}") from None
             time.sleep(1 + attempt)
     raise AssertionError("unreachable")
-
-
-def _local_file(url: str) -> Path | None:
-    """The file behind a SQLite or journal storage URL (None for database servers)."""
-    if url.endswith((".log", ".jsonl")) or url.startswith("journal:"):
-        return Path(url.removeprefix("journal:").removeprefix("//"))
-    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return Path(url.removeprefix("sqlite:///"))
-    return None
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        user = credentials.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
 
 
 def open_artifact_store(location: str | Path | None = None):
@@ -136,6 +118,9 @@ def open_study(
     if space.enumerated:  # a conditional grid: its points, queued once
         for point in space.points():
             study.enqueue_trial(point, skip_if_exists=True)
+    fault = dataclasses.asdict(space.fault_tolerance)
+    if attrs.record(study, attrs.FAULT_TOLERANCE) != fault:  # what the proxy reaps by
+        attrs.set_record(study, attrs.FAULT_TOLERANCE, fault)
     if existing is None:
         attrs.set_record(study, attrs.SEARCH_SPACE, text)
         study.set_metric_names(space.metric_names)

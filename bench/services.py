@@ -1,4 +1,5 @@
-"""Services the tests start themselves: a throwaway PostgreSQL server on 127.0.0.1."""
+"""Services the tests and benchmarks start themselves: a throwaway PostgreSQL server on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -46,11 +47,39 @@ class PostgresServer:
             command = ["runuser", "-u", self.user, "--", *command]
         subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
 
-    def start(self) -> str:
+    def start(self, max_connections: int = 100) -> str:
         if self.user:
             shutil.chown(self.root, self.user)
         self._run("initdb", "-D", str(self.data), "-U", "tuner", "--auth=trust", "-E", "UTF8")
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"
+        self.options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off "
+            f"-c max_connections={max_connections}"
+        )
+        self._pg_ctl("start")
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "tuner", "tuner")
+        return f"postgresql+psycopg://tuner@127.0.0.1:{self.port}/tuner"
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stop the server (fast: open transactions are rolled back and every client is cut
+        off), stay down `down_s` seconds, start it again on the same port."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        time.sleep(down_s)
+        self._pg_ctl("start")
+
+    def connections(self, url: str) -> int:
+        """Client connections to the server now, this query's own left out."""
+        import psycopg
+
+        dsn = url.replace("postgresql+psycopg://", "postgresql://")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                "AND pid <> pg_backend_pid()"
+            ).fetchone()
+        return int(row[0])
+
+    def _pg_ctl(self, action: str) -> None:
+        options = self.options
         self._run(
             "pg_ctl",
             "-D",
@@ -62,10 +91,8 @@ class PostgresServer:
             "60",
             "-l",
             str(self.root / "server.log"),
-            "start",
+            action,
         )
-        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "tuner", "tuner")
-        return f"postgresql+psycopg://tuner@127.0.0.1:{self.port}/tuner"
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
