@@ -201,3 +201,26 @@ def test_bad_proxy_addresses_and_storages_are_one_line_errors(tmp_path):
     result = CliRunner().invoke(main, ["storage-proxy", "--storage", str(tmp_path / "study.log")])
     assert result.exit_code != 0
     assert "the proxy serves a database" in result.output
+
+
+def test_a_trial_failed_elsewhere_while_it_ran_costs_that_trial_not_the_worker(tmp_path):
+    """Heartbeats held up past the grace period: another worker fails and retries the trial,
+    and this worker's tell then raises inside Optuna. The worker says so and goes on."""
+    from types import SimpleNamespace
+
+    from tuner.search.worker import optimize
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}")
+    study = optuna.create_study(storage=storage)
+
+    class Objective:
+        space, artifact_store, current = SimpleNamespace(confirm=None), None, None
+
+        def __call__(self, trial):
+            self.current = trial.number
+            if trial.number == 0:  # what the reaper does meanwhile
+                storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            return 1.0
+
+    optimize(study, Objective(), n_trials=3)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] + [TrialState.COMPLETE] * 2

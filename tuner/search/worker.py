@@ -217,10 +217,10 @@ def optimize(study: optuna.Study, objective: Objective, callbacks=(), **kwargs) 
         keep = objective.space.keep_checkpoints
         callbacks.append(KeepBestCheckpoints(keep, objective.artifact_store))
     n_trials = kwargs.pop("n_trials", None)
-    finished = []  # trials this worker ended, for n_trials after a failed tell
-    callbacks.append(lambda study, trial: finished.append(trial.number))
+    told: list[int] = []  # trials this worker ended and told (their callbacks ran)
+    callbacks.append(lambda study, trial: told.append(trial.number))
     while True:
-        finished.clear()
+        before = len(told)
         try:
             study.optimize(
                 objective,
@@ -234,15 +234,19 @@ def optimize(study: optuna.Study, objective: Objective, callbacks=(), **kwargs) 
         except Exception:
             # Telling a trial that another worker failed meanwhile (its heartbeats did not
             # reach the storage within the grace period) raises inside Optuna; its retry runs.
-            trial = get_trial(study, objective.current) if objective.current is not None else None
-            if trial is None or trial.state != TrialState.FAIL:
+            # Only that: the trial in flight, never told, now FAIL; anything else is raised.
+            number = objective.current
+            if number is None or number in told:
                 raise
+            if get_trial(study, number).state != TrialState.FAIL:
+                raise
+            told.append(number)  # handled: the same error again is not this case
             print(
-                f"trial {trial.number} was failed and retried elsewhere while it ran here (its "
+                f"trial {number} was failed and retried elsewhere while it ran here (its "
                 "heartbeats did not reach the storage in time); going on"
             )
             if n_trials is not None:
-                n_trials -= len(finished) + 1
+                n_trials -= len(told) - before
                 if n_trials <= 0:
                     return
         except KeyboardInterrupt:
