@@ -80,15 +80,32 @@ def test_a_lost_connection_is_waited_out_with_backoff_and_a_bad_statement_is_not
     assert 1 <= calls.count("gone") <= 3
 
 
-def test_a_state_change_committed_before_the_connection_dropped_is_not_an_error(tmp_path):
+def test_a_state_change_committed_before_the_connection_dropped_is_not_an_error(
+    tmp_path, monkeypatch
+):
     storage = RetryingRDBStorage(f"sqlite:///{tmp_path / 's.db'}")
     study = optuna.create_study(storage=storage)
-    trial = study.ask()
-    study.tell(trial, 0.5)
-    # The retry of the same tell finds it done: True, as the first attempt returned.
-    assert storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.5])
-    with pytest.raises(UpdateFinishedTrialError):  # another value is another tell: refused
-        storage.set_trial_state_values(trial._trial_id, TrialState.COMPLETE, [0.6])
+    first, second = study.ask(), study.ask()
+    real = retry_module.RDBStorage.set_trial_state_values
+    dropped = []
+
+    def commit_then_drop(self, *args):
+        result = real(self, *args)
+        if not dropped:  # the commit went through; the answer did not
+            dropped.append(1)
+            raise _dropped()
+        return result
+
+    monkeypatch.setattr(retry_module.time, "sleep", lambda s: None)
+    monkeypatch.setattr(retry_module.RDBStorage, "set_trial_state_values", commit_then_drop)
+    # The retry finds the tell done: True, as the first attempt would have returned.
+    assert storage.set_trial_state_values(first._trial_id, TrialState.COMPLETE, [0.5])
+    assert study.trials[first.number].state == TrialState.COMPLETE
+    # Without a lost connection, finding it done is another worker's doing, and an error: two
+    # workers failing one stale trial must not both queue its retry.
+    storage.set_trial_state_values(second._trial_id, TrialState.FAIL)
+    with pytest.raises(UpdateFinishedTrialError):
+        storage.set_trial_state_values(second._trial_id, TrialState.FAIL)
 
 
 def test_a_trial_beats_from_its_start_so_a_worker_killed_before_its_objective_is_retried(

@@ -217,6 +217,8 @@ def optimize(study: optuna.Study, objective: Objective, callbacks=(), **kwargs) 
         keep = objective.space.keep_checkpoints
         callbacks.append(KeepBestCheckpoints(keep, objective.artifact_store))
     n_trials = kwargs.pop("n_trials", None)
+    timeout = kwargs.pop("timeout", None)
+    deadline = None if timeout is None else time.monotonic() + timeout
     told: list[int] = []  # trials this worker ended and told (their callbacks ran)
     callbacks.append(lambda study, trial: told.append(trial.number))
     while True:
@@ -225,6 +227,7 @@ def optimize(study: optuna.Study, objective: Objective, callbacks=(), **kwargs) 
             study.optimize(
                 objective,
                 n_trials=n_trials,
+                timeout=None if deadline is None else max(0.0, deadline - time.monotonic()),
                 catch=(Exception,),
                 gc_after_trial=True,
                 callbacks=callbacks,

@@ -13,7 +13,7 @@ each study with the grace period and retries its own space asked for (`attrs.FAU
 
 from __future__ import annotations
 
-import contextlib
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -42,8 +42,14 @@ class HeartbeatProxyClient(GrpcStorageProxy, BaseHeartbeat):
         self.heartbeat_interval = heartbeat_interval
 
     def record_heartbeat(self, trial_id: int) -> None:
-        with contextlib.suppress(UpdateFinishedTrialError):  # the trial ended meanwhile
+        import grpc
+
+        try:
             self.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, True)
+        except UpdateFinishedTrialError:  # the trial ended meanwhile
+            pass
+        except grpc.RpcError as exc:  # the proxy restarting: the next beat tries again
+            print(f"heartbeat of trial {trial_id} missed: {exc.code().name}", file=sys.stderr)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         return []  # the proxy reaps (reap_stale_trials)
@@ -152,7 +158,11 @@ def serve(url: str, host: str, port: int, reap_every: float, log=print) -> None:
         while True:
             time.sleep(reap_every)
             started = time.monotonic()
-            reaped = reap_stale_trials(url, storages)
+            try:
+                reaped = reap_stale_trials(url, storages)
+            except Exception as exc:  # a study deleted meanwhile, a long outage: serve on
+                log(f"reaping failed, trying again in {reap_every:g} s: {exc}")
+                continue
             if reaped:
                 log(f"reaped {reaped} stale trial(s) in {time.monotonic() - started:.2f} s")
     finally:

@@ -156,27 +156,34 @@ class RetryingRDBStorage(RDBStorage):
         return trial
 
     def set_trial_state_values(self, trial_id: int, state, values=None) -> bool:
-        changed = self._set_trial_state_values(trial_id, state, values)
-        if changed and state == TrialState.RUNNING and self.beats_from_start():
-            self.record_heartbeat(trial_id)  # a queued trial taken: beat from its start too
-        return changed
+        attempts: list[int] = []
 
-    def _set_trial_state_values(self, trial_id: int, state, values=None) -> bool:
+        def attempt(storage, *args):
+            attempts.append(1)
+            return RDBStorage.set_trial_state_values(storage, *args)
+
         try:
-            return self.retry(
-                "set_trial_state_values",
-                RDBStorage.set_trial_state_values,
-                (trial_id, state, values),
-                {},
-            )
+            changed = self.retry("set_trial_state_values", attempt, (trial_id, state, values), {})
         except UpdateFinishedTrialError:
-            # A retry after a lost connection whose first attempt was committed: done already.
+            # Only after a lost connection: the first attempt may have committed. Otherwise the
+            # error is Optuna's "someone else finished it" (two workers failing one stale trial
+            # must not both queue its retry), and it stands.
             trial = self.get_trial(trial_id)
-            if trial.state == state and (
+            same = trial.state == state and (
                 values is None or list(trial.values or []) == list(values)
-            ):
-                return True
-            raise
+            )
+            if len(attempts) < 2 or not same:
+                raise
+            changed = True
+        # A queued trial taken: beat from its start too. After a retry, "not taken" may be our
+        # own committed take, so beat then as well (harmless if another worker holds it).
+        if (
+            state == TrialState.RUNNING
+            and self.beats_from_start()
+            and (changed or len(attempts) > 1)
+        ):
+            self.record_heartbeat(trial_id)
+        return changed
 
 
 for _name in DATABASE_CALLS:
