@@ -189,7 +189,8 @@ def phase(name: str, mode: str, server, storage: str, workers: int, quick: bool)
         processes = launch(space, storage, workers, table_file, log_dir)
         study = None
         if name in ("kill", "restart"):
-            while study is None or completed(study) < KILL_AT * len(space.points()):
+            kill_at = KILL_AT * len(space.points())
+            while study is None or completed(study) < kill_at:
                 time.sleep(0.2)
                 with contextlib.suppress(KeyError):
                     study = study or optuna.load_study(study_name=space.study, storage=reader)
@@ -218,7 +219,7 @@ def phase(name: str, mode: str, server, storage: str, workers: int, quick: bool)
             time.sleep(space.fault_tolerance.grace_period + 1)
             join_processes(launch(space, storage, 1, table_file, log_dir, first=2 * workers))
             events.append(f"ran the study again for {stranded} stranded trial(s)")
-    measured = _measure(space, study.study_name, reader, log_dir, elapsed, poll.peak, workers)
+    measured = _measure(space, study, log_dir, elapsed, poll.peak, workers)
     return {**measured, "workers_failed": failed, "events": events}
 
 
@@ -233,11 +234,9 @@ def _points(trials) -> Counter:
     return Counter(tuple(sorted(t.params.items())) for t in trials)
 
 
-def _measure(space, name, reader, log_dir, elapsed, peak, workers) -> dict:
-    import optuna
+def _measure(space, study, log_dir, elapsed, peak, workers) -> dict:
     from optuna.trial import TrialState
 
-    study = optuna.load_study(study_name=name, storage=reader)
     trials = study.get_trials(deepcopy=False)
     done = _points(t for t in trials if t.state == TrialState.COMPLETE)
     grid = {tuple(sorted(p.items())) for p in space.points()}

@@ -51,6 +51,7 @@ from tuner.search.study import (
     trials_to_run,
     waiting_trials,
 )
+from tuner.search.study.urls import is_sqlite
 
 
 class Objective(Protocol):
@@ -278,7 +279,7 @@ def reseeded_sampler(space: SearchSpace, study: optuna.Study, index: int, storag
     grid = cls is optuna.samplers.GridSampler
     if grid or "seed" not in options_of(cls) or seed is None:
         return make_sampler(space.sampler, space.grid, space.enumerated)
-    shared = storage_url is not None and not storage_url.startswith("sqlite")
+    shared = storage_url is not None and not is_sqlite(storage_url)
     seed = sampler_seed(int(seed), len(study.get_trials(deepcopy=False)), index, shared)
     return make_sampler({**space.sampler, "seed": seed}, space.grid)
 

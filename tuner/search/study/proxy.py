@@ -29,7 +29,6 @@ from tuner.search.study.retry import RetryingRDBStorage
 from tuner.search.study.urls import is_journal, parse_grpc_url, redact
 
 HEARTBEAT_ATTR = "sam_tuner:heartbeat"  # written through the proxy, never stored
-DEFAULT_PORT = 13000
 PROXY_THREADS = 8  # concurrent requests the proxy serves (and its database connections)
 
 

@@ -27,6 +27,8 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from tuner.search.study.urls import is_sqlite
+
 RETRY_FOR_S = 300.0  # a longer outage is an error: the database is gone, not restarting
 FIRST_WAIT_S, LONGEST_WAIT_S = 0.5, 10.0
 
@@ -64,7 +66,7 @@ DATABASE_CALLS = (
 def bounded_pool(url: str, size: int = 1) -> dict[str, Any]:
     """SQLAlchemy engine options for one worker process: one pooled connection (Optuna's calls
     are short sessions; the heartbeat thread waits its turn), no overflow, pre-pinged."""
-    if url.startswith("sqlite"):
+    if is_sqlite(url):
         return {"connect_args": {"timeout": 60}}  # one file, one writer: wait for the lock
     return {"pool_size": size, "max_overflow": 0, "pool_pre_ping": True, "pool_timeout": 120}
 
@@ -110,14 +112,14 @@ class RetryingRDBStorage(RDBStorage):
     retry_for: float = RETRY_FOR_S
 
     def __init__(self, url: str, pool_size: int = 1, **kwargs) -> None:
-        if not url.startswith("sqlite"):
+        if not is_sqlite(url):
             # Tables and schema checks, done by prepare_schema; here they would nest connections.
             prepare_schema(url)
             kwargs |= {"skip_table_creation": True, "skip_compatibility_check": True}
         super().__init__(url, engine_kwargs=bounded_pool(url, pool_size), **kwargs)
 
     def retry(self, name: str, method, args: tuple, kwargs: dict):
-        deadline, wait, failed = time.monotonic() + self.retry_for, FIRST_WAIT_S, None
+        deadline, wait, warned = time.monotonic() + self.retry_for, FIRST_WAIT_S, False
         # Wait no longer than a heartbeat between tries: once the database is back, a running
         # trial must beat again well within its grace period, or another worker retries it.
         longest = min(LONGEST_WAIT_S, self.heartbeat_interval or LONGEST_WAIT_S)
@@ -129,13 +131,13 @@ class RetryingRDBStorage(RDBStorage):
                     raise
                 # This thread's session may hold the dead connection's transaction: start anew.
                 self.scoped_session.remove()
-                if failed is None:
+                if not warned:
                     print(
                         f"storage: lost the database connection ({type(exc).__name__}); "
                         f"retrying {name} for up to {self.retry_for:.0f} s",
                         file=sys.stderr,
                     )
-                failed = exc
+                warned = True
             time.sleep(wait * (0.5 + random.random()))  # jitter: a fleet does not retry in step
             wait = min(longest, wait * 2)
 

@@ -8,6 +8,11 @@ from pathlib import Path
 from tuner.core.errors import UserError
 
 
+def is_sqlite(url: str) -> bool:
+    """A SQLite file (or memory): one machine's storage, one writer at a time."""
+    return url.startswith("sqlite")
+
+
 def is_journal(url: str) -> bool:
     """A journal file: a path ending in .log or .jsonl, or journal:PATH."""
     return url.endswith((".log", ".jsonl")) or url.startswith("journal:")
